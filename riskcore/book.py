@@ -1,0 +1,340 @@
+"""The book: every table of SPEC §1 as validated, sorted, dense-id numpy columns.
+
+Loaded once; kernels read these arrays directly. Layout decisions (they decide speed):
+- symbols and wallets (account_id, asset) become dense integer ids at load;
+- positions are sorted by (wallet, symbol, side), so each wallet's positions are one
+  contiguous range `wallets.pos_start[w]:wallets.pos_start[w + 1]` (per-account sums are
+  segmented reductions, race-free under `prange`) and the legs of a hedge-mode symbol are
+  adjacent;
+- money (balances, isolated margins) is int64 units of 10**-scale of its asset, exact.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from .config import DEFAULT_ASSET, DEFAULT_MONEY_SCALE
+from .errors import BookError, check
+from .money import to_units
+from .tables import as_frame, codes, float_col, group_violations, int_col, require, str_col
+
+SIDES = ("both", "long", "short")
+BOTH, LONG, SHORT = 0, 1, 2
+MODES = ("cross", "isolated")
+CONTRACT_TYPES = ("linear", "inverse")
+
+
+@dataclass
+class Instruments:
+    """One row per symbol, sorted by symbol; tiers as ranges tier_start[s]:tier_start[s+1]."""
+    symbol: list[str]
+    inverse: np.ndarray            # bool
+    settle_asset: np.ndarray       # int32 asset id
+    face_value: np.ndarray
+    taker_fee_rate: np.ndarray
+    liquidation_fee_rate: np.ndarray
+    mm_im_fraction: np.ndarray     # NaN where the instrument uses tiers
+    tier_start: np.ndarray         # int64, len n_symbols + 1
+    tier_floor: np.ndarray
+    tier_mmr: np.ndarray
+    tier_cum: np.ndarray           # maintenance amount, given or derived (SPEC §2)
+    tier_max_leverage: np.ndarray
+
+    def __len__(self):
+        return len(self.symbol)
+
+
+@dataclass
+class Wallets:
+    """One row per (account_id, asset), sorted; positions of wallet w are pos_start[w]:pos_start[w+1]."""
+    account_id: np.ndarray
+    asset: np.ndarray              # int32 asset id
+    balance: np.ndarray            # int64 money units
+    pos_start: np.ndarray          # int64, len n_wallets + 1
+    order_margin: np.ndarray       # float, SPEC §3: resting orders' margin (fixed by their limit prices)
+
+    def __len__(self):
+        return len(self.account_id)
+
+
+@dataclass
+class Positions:
+    wallet: np.ndarray             # int32
+    symbol: np.ndarray             # int32
+    side: np.ndarray               # int8: BOTH, LONG, SHORT
+    qty: np.ndarray
+    entry_price: np.ndarray
+    leverage: np.ndarray
+    isolated: np.ndarray           # bool
+    isolated_margin: np.ndarray    # int64 money units
+
+    def __len__(self):
+        return len(self.qty)
+
+
+@dataclass
+class Orders:
+    wallet: np.ndarray
+    symbol: np.ndarray
+    qty: np.ndarray
+    price: np.ndarray
+    leverage: np.ndarray
+    isolated: np.ndarray
+
+    def __len__(self):
+        return len(self.qty)
+
+
+@dataclass
+class Book:
+    assets: list[str]
+    asset_scale: np.ndarray        # int64 decimal places of money per asset
+    instruments: Instruments
+    wallets: Wallets
+    positions: Positions
+    orders: Orders
+    mark: np.ndarray               # per symbol, NaN where no mark is known
+    funding_rate: np.ndarray       # per symbol, NaN where none is known
+
+    @classmethod
+    def from_tables(cls, instruments, risk_tiers, accounts, positions, orders=None, marks=None,
+                    money_scale: dict[str, int] | None = None, names: dict[str, str] | None = None):
+        """Validate and load a book from polars/pyarrow tables (SPEC §1).
+
+        `names` maps a table to what error messages call it (e.g. its file path);
+        `money_scale` gives decimal places per asset (default 8).
+        """
+        names = {t: (names or {}).get(t, t) for t in
+                 ("instruments", "risk_tiers", "accounts", "positions", "orders", "marks")}
+        inst_df = as_frame(instruments, names["instruments"])
+        acct_df = as_frame(accounts, names["accounts"])
+        inst, assets = _load_instruments(inst_df, as_frame(risk_tiers, names["risk_tiers"]), names)
+        acct_assets = str_col(acct_df, names["accounts"], "asset", DEFAULT_ASSET)
+        assets = sorted(set(assets) | set(acct_assets.unique().to_list()))
+        inst.settle_asset = codes(pl.Series(inst.settle_asset), assets, "", "").astype(np.int32)
+        scales = np.array([(money_scale or {}).get(a, DEFAULT_MONEY_SCALE) for a in assets], np.int64)
+        wallets, wallet_index = _load_wallets(acct_df, acct_assets, assets, scales, names["accounts"])
+        pos = _load_positions(as_frame(positions, names["positions"]), inst, wallet_index, scales,
+                              names["positions"])
+        wallets.pos_start = np.searchsorted(pos.wallet, np.arange(len(wallets) + 1)).astype(np.int64)
+        if orders is None:
+            ords = Orders(*(np.empty(0, t) for t in (np.int32, np.int32, float, float, float, bool)))
+        else:
+            ords = _load_orders(as_frame(orders, names["orders"]), inst, wallet_index, pos, names["orders"])
+        wallets.order_margin = order_margin(ords, inst, len(wallets))
+        book = cls(assets, scales, inst, wallets, pos, ords,
+                   np.full(len(inst), np.nan), np.full(len(inst), np.nan))
+        if marks is not None:
+            book.mark, book.funding_rate = book.read_marks(marks, names["marks"])
+        return book
+
+    def read_marks(self, marks, table: str = "marks"):
+        """Per-symbol (mark, funding_rate) arrays from a marks table; unlisted symbols NaN."""
+        df = as_frame(marks, table)
+        sym = codes(str_col(df, table, "symbol"), self.instruments.symbol, table, "unknown symbol")
+        price = float_col(df, table, "mark_price")
+        check(price > 0, table, "mark_price", "mark price must be positive")
+        rate = float_col(df, table, "funding_rate", default=np.nan, nullable=True)
+        order = np.argsort(sym, kind="stable")
+        dup = np.flatnonzero(np.diff(sym[order]) == 0)
+        if len(dup):
+            raise BookError(table, "symbol", "symbol listed twice", np.sort(order[np.r_[dup, dup + 1]]))
+        mark = np.full(len(self.instruments), np.nan)
+        funding = np.full(len(self.instruments), np.nan)
+        mark[sym], funding[sym] = price, rate
+        return mark, funding
+
+    def check_marks(self, mark: np.ndarray, table: str = "marks") -> None:
+        """Every symbol with a non-flat position needs a mark."""
+        held = np.zeros(len(self.instruments), dtype=bool)
+        held[self.positions.symbol[self.positions.qty != 0]] = True
+        missing = np.flatnonzero(held & np.isnan(mark))
+        if len(missing):
+            shown = ", ".join(self.instruments.symbol[s] for s in missing[:5])
+            raise BookError(table, "mark_price", f"no mark for {len(missing)} held symbol(s): {shown}")
+
+    @property
+    def wallet_unit(self) -> np.ndarray:
+        """Value of one money unit of each wallet's balance."""
+        return 10.0 ** -self.asset_scale[self.wallets.asset].astype(np.float64)
+
+    @property
+    def symbol_unit(self) -> np.ndarray:
+        """Value of one money unit of each symbol's settlement asset."""
+        return 10.0 ** -self.asset_scale[self.instruments.settle_asset].astype(np.float64)
+
+
+def _load_instruments(df: pl.DataFrame, tiers: pl.DataFrame, names: dict) -> tuple[Instruments, list[str]]:
+    t = names["instruments"]
+    require(df, t, "symbol", "contract_type", "face_value", "taker_fee_rate")
+    symbol = str_col(df, t, "symbol")
+    order = np.argsort(np.array(symbol.to_list(), dtype=object), kind="stable")
+    dup = [i for i in range(1, len(order)) if symbol[int(order[i])] == symbol[int(order[i - 1])]]
+    if dup:
+        raise BookError(t, "symbol", "symbol listed twice",
+                        np.sort(np.r_[order[dup], order[np.array(dup) - 1]]))
+    ctype = codes(str_col(df, t, "contract_type"), list(CONTRACT_TYPES), t, "contract_type must be linear or inverse")
+    inverse = ctype == 1
+    if "settle_asset" in df.columns:
+        settle = str_col(df, t, "settle_asset", "")
+    else:
+        settle = pl.Series("settle_asset", [""] * df.height)
+    settle = settle.to_numpy().astype(object)
+    check(~(inverse & (settle == "")), t, "settle_asset", "inverse contract needs a settle_asset")
+    settle[settle == ""] = DEFAULT_ASSET
+    face = float_col(df, t, "face_value")
+    check(face > 0, t, "face_value", "face value must be positive")
+    taker = float_col(df, t, "taker_fee_rate")
+    check(taker >= 0, t, "taker_fee_rate", "fee rate must be >= 0")
+    liq_fee = float_col(df, t, "liquidation_fee_rate", default=0.0, nullable=True)
+    liq_fee = np.nan_to_num(liq_fee, nan=0.0)
+    check(liq_fee >= 0, t, "liquidation_fee_rate", "fee rate must be >= 0")
+    frac = float_col(df, t, "mm_im_fraction", default=np.nan, nullable=True)
+    check(np.isnan(frac) | ((frac > 0) & (frac <= 1)), t, "mm_im_fraction", "must be in (0, 1]")
+    syms = [symbol[int(i)] for i in order]
+    inst = Instruments(syms, inverse[order], settle[order], face[order], taker[order], liq_fee[order],
+                       frac[order], *_load_tiers(tiers, syms, frac[order], order, names))
+    return inst, sorted(set(settle))
+
+
+def _load_tiers(df: pl.DataFrame, symbols: list[str], frac: np.ndarray, inst_order: np.ndarray, names: dict):
+    t = names["risk_tiers"]
+    sym = codes(str_col(df, t, "symbol"), symbols, t, "unknown symbol")
+    floor = float_col(df, t, "notional_floor")
+    check(floor >= 0, t, "notional_floor", "must be >= 0")
+    mmr = float_col(df, t, "mmr")
+    check((mmr >= 0) & (mmr < 1), t, "mmr", "must be in [0, 1)")
+    max_lev = float_col(df, t, "max_leverage")
+    check(max_lev >= 1, t, "max_leverage", "must be >= 1")
+    given = float_col(df, t, "maintenance_amount", default=np.nan, nullable=True)
+
+    order = np.lexsort((floor, sym))
+    sym_s, floor_s, mmr_s = sym[order], floor[order], mmr[order]
+    first = np.r_[True, sym_s[1:] != sym_s[:-1]]
+    same_floor = np.flatnonzero(~first[1:] & (floor_s[1:] == floor_s[:-1])) + 1
+    if len(same_floor):
+        raise BookError(t, "notional_floor", "two tiers of one symbol share a floor",
+                        np.sort(np.r_[order[same_floor], order[same_floor - 1]]))
+    bad_first = order[first & (floor_s != 0)]
+    if len(bad_first):
+        raise BookError(t, "notional_floor", "the first tier of a symbol must start at 0", np.sort(bad_first))
+    falling = np.flatnonzero(~first[1:] & (mmr_s[1:] < mmr_s[:-1])) + 1
+    if len(falling):
+        raise BookError(t, "mmr", "mmr decreases as the notional floor rises", np.sort(order[falling]))
+
+    cum = given[order].copy()
+    for i in np.flatnonzero(np.isnan(cum)):  # derived cum (SPEC §2): continuous mm across tiers
+        cum[i] = 0.0 if first[i] else cum[i - 1] + floor_s[i] * (mmr_s[i] - mmr_s[i - 1])
+    tier_start = np.searchsorted(sym_s, np.arange(len(symbols) + 1)).astype(np.int64)
+    untiered = np.flatnonzero((np.diff(tier_start) == 0) & np.isnan(frac))
+    if len(untiered):
+        raise BookError(names["instruments"], "symbol",
+                        f"no risk tiers (and no mm_im_fraction) for {', '.join(symbols[s] for s in untiered[:5])}",
+                        np.sort(inst_order[untiered]))
+    return tier_start, floor_s, mmr_s, cum, max_lev[order]
+
+
+def _load_wallets(df: pl.DataFrame, asset: pl.Series, assets: list[str], scales: np.ndarray, t: str):
+    account_id = int_col(df, t, "account_id")
+    asset_id = codes(asset, assets, t, "unknown asset")
+    require(df, t, "balance")
+    order = np.lexsort((asset_id, account_id))
+    a_s, b_s = account_id[order], asset_id[order]
+    dup = np.flatnonzero((a_s[1:] == a_s[:-1]) & (b_s[1:] == b_s[:-1])) + 1
+    if len(dup):
+        raise BookError(t, "account_id", "(account_id, asset) listed twice", np.sort(np.r_[order[dup], order[dup - 1]]))
+    balance = to_units(df["balance"], scales[asset_id], t)[order]
+    index = pl.DataFrame({"account_id": a_s, "asset": b_s,
+                          "_wallet": np.arange(len(order), dtype=np.int32)})
+    return Wallets(a_s, b_s, balance, np.zeros(1, np.int64), np.zeros(0)), index
+
+
+def _wallet_of(account_id: np.ndarray, asset: np.ndarray, wallet_index: pl.DataFrame, t: str) -> np.ndarray:
+    w = pl.DataFrame({"account_id": account_id, "asset": asset}).join(
+        wallet_index, on=["account_id", "asset"], how="left", maintain_order="left")["_wallet"]
+    missing = w.is_null().to_numpy()
+    if missing.any():
+        raise BookError(t, "account_id", "no accounts row for this account and the symbol's settle asset",
+                        np.flatnonzero(missing))
+    return w.to_numpy().astype(np.int32)
+
+
+def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFrame,
+                    scales: np.ndarray, t: str) -> Positions:
+    account_id = int_col(df, t, "account_id")
+    sym = codes(str_col(df, t, "symbol"), inst.symbol, t, "unknown symbol")
+    side = codes(str_col(df, t, "position_side", "both"), list(SIDES), t,
+                 "position_side must be both, long or short").astype(np.int8)
+    isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
+    qty = float_col(df, t, "qty")
+    check(~((side == LONG) & (qty < 0)), t, "qty", "a long position cannot have qty < 0")
+    check(~((side == SHORT) & (qty > 0)), t, "qty", "a short position cannot have qty > 0")
+    entry = float_col(df, t, "entry_price")
+    check(entry > 0, t, "entry_price", "entry price must be positive")
+    lev = float_col(df, t, "leverage")
+    check(lev >= 1, t, "leverage", "leverage must be >= 1")
+    if "isolated_margin" in df.columns:
+        iso_margin = to_units(df["isolated_margin"], scales[inst.settle_asset[sym]], t)
+    else:
+        iso_margin = np.zeros(df.height, np.int64)
+    check(iso_margin >= 0, t, "isolated_margin", "isolated margin must be >= 0")
+    check(isolated | (iso_margin == 0), t, "isolated_margin", "a cross position cannot hold isolated margin")
+    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallet_index, t)
+
+    n_sym = len(inst)
+    key = (wallet.astype(np.int64) * n_sym + sym) * len(SIDES) + side
+    order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)
+    key_s = key[order]
+    dup = np.flatnonzero(key_s[1:] == key_s[:-1]) + 1
+    if len(dup):
+        raise BookError(t, "position_side", "(account_id, symbol, position_side) listed twice",
+                        np.sort(np.r_[order[dup], order[dup - 1]]))
+    group = key_s // len(SIDES)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    iso_s, side_s = isolated[order], side[order]
+    mixed_mode = np.maximum.reduceat(iso_s, starts) != np.minimum.reduceat(iso_s, starts) if len(starts) else starts
+    if np.any(mixed_mode):
+        raise BookError(t, "margin_mode", "one account holds a symbol both cross and isolated",
+                        group_violations(order, starts, mixed_mode))
+    has_both = np.minimum.reduceat(side_s, starts) == BOTH if len(starts) else starts
+    mixed_side = has_both & (np.maximum.reduceat(side_s, starts) != BOTH) if len(starts) else starts
+    if np.any(mixed_side):
+        raise BookError(t, "position_side", "one account mixes 'both' with 'long'/'short' in a symbol",
+                        group_violations(order, starts, mixed_side))
+    return Positions(wallet[order], sym[order], side_s, qty[order], entry[order], lev[order], iso_s,
+                     iso_margin[order])
+
+
+def _load_orders(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFrame, pos: Positions,
+                 t: str) -> Orders:
+    account_id = int_col(df, t, "account_id")
+    sym = codes(str_col(df, t, "symbol"), inst.symbol, t, "unknown symbol")
+    qty = float_col(df, t, "qty")
+    check(qty != 0, t, "qty", "an order needs a non-zero qty")
+    price = float_col(df, t, "price")
+    check(price > 0, t, "price", "price must be positive")
+    lev = float_col(df, t, "leverage")
+    check(lev >= 1, t, "leverage", "leverage must be >= 1")
+    isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
+    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallet_index, t)
+    # One margin mode per account and symbol (seed 004), across its positions and orders.
+    n_sym = len(inst)
+    held = pl.DataFrame({"g": pos.wallet.astype(np.int64) * n_sym + pos.symbol, "pos_iso": pos.isolated}).unique("g")
+    ords = pl.DataFrame({"g": wallet.astype(np.int64) * n_sym + sym, "iso": isolated})
+    joined = ords.join(held, on="g", how="left", maintain_order="left")
+    conflict = (joined["pos_iso"].is_not_null() & (joined["pos_iso"] != joined["iso"])).to_numpy()
+    check(~conflict, t, "margin_mode", "order margin mode differs from the account's position in the symbol")
+    modes = ords.group_by("g").agg(pl.col("iso").n_unique().alias("n_modes"))
+    mixed = ords.join(modes, on="g", how="left", maintain_order="left")["n_modes"].to_numpy() > 1
+    check(~mixed, t, "margin_mode", "one account has both cross and isolated orders in a symbol")
+    order = np.lexsort((sym, wallet))
+    return Orders(wallet[order], sym[order], qty[order], price[order], lev[order], isolated[order])
+
+
+def order_margin(orders: Orders, inst: Instruments, n_wallets: int) -> np.ndarray:
+    """SPEC §3: Σ abs(q)·f·price/leverage per wallet (inverse: abs(q)·f/price/leverage)."""
+    face = inst.face_value[orders.symbol]
+    value = np.where(inst.inverse[orders.symbol], 1.0 / orders.price, orders.price)
+    margin = np.abs(orders.qty) * face * value / orders.leverage
+    return np.bincount(orders.wallet, weights=margin, minlength=n_wallets).astype(np.float64)

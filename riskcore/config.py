@@ -1,0 +1,18 @@
+"""Every tunable of riskcore in one place: numba compilation flags and money defaults."""
+
+import os
+
+# fastmath without 'nnan'/'ninf': with those flags LLVM may delete the isnan/isinf checks
+# the kernels rely on (infinite risk ratios, null liquidation prices). 'reassoc' is left out
+# so sums are evaluated in source order and results are reproducible run to run.
+FASTMATH = {"nsz", "arcp", "contract", "afn"}
+
+# Compiled kernels are cached on disk so a CLI call does not pay compilation each time.
+# RISKCORE_NO_CACHE=1 turns the cache off (e.g. on read-only installs).
+CACHE = os.environ.get("RISKCORE_NO_CACHE", "") not in ("1", "true", "yes")
+
+JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
+JIT_PARALLEL = dict(JIT, parallel=True)
+
+DEFAULT_ASSET = "USDT"
+DEFAULT_MONEY_SCALE = 8  # decimal places of money per settlement asset unless told otherwise
