@@ -111,8 +111,8 @@ class Book:
         acct_df = as_frame(accounts, names["accounts"])
         inst, assets = _load_instruments(inst_df, as_frame(risk_tiers, names["risk_tiers"]), names)
         acct_assets = str_col(acct_df, names["accounts"], "asset", DEFAULT_ASSET)
-        assets = sorted(set(assets) | set(acct_assets.unique().to_list()))
-        inst.settle_asset = codes(pl.Series(inst.settle_asset), assets, "", "").astype(np.int32)
+        assets = sorted(set(assets) | set(acct_assets.cast(pl.String).unique().to_list()))
+        inst.settle_asset = np.array([assets.index(a) for a in inst.settle_asset], dtype=np.int32)
         scales = np.array([(money_scale or {}).get(a, DEFAULT_MONEY_SCALE) for a in assets], np.int64)
         wallets, wallet_index = _load_wallets(acct_df, acct_assets, assets, scales, names["accounts"])
         pos = _load_positions(as_frame(positions, names["positions"]), inst, wallet_index, scales,
@@ -168,7 +168,7 @@ class Book:
 def _load_instruments(df: pl.DataFrame, tiers: pl.DataFrame, names: dict) -> tuple[Instruments, list[str]]:
     t = names["instruments"]
     require(df, t, "symbol", "contract_type", "face_value", "taker_fee_rate")
-    symbol = str_col(df, t, "symbol")
+    symbol = str_col(df, t, "symbol").cast(pl.String)
     order = np.argsort(np.array(symbol.to_list(), dtype=object), kind="stable")
     dup = [i for i in range(1, len(order)) if symbol[int(order[i])] == symbol[int(order[i - 1])]]
     if dup:
@@ -177,7 +177,7 @@ def _load_instruments(df: pl.DataFrame, tiers: pl.DataFrame, names: dict) -> tup
     ctype = codes(str_col(df, t, "contract_type"), list(CONTRACT_TYPES), t, "contract_type must be linear or inverse")
     inverse = ctype == 1
     if "settle_asset" in df.columns:
-        settle = str_col(df, t, "settle_asset", "")
+        settle = str_col(df, t, "settle_asset", "").cast(pl.String)
     else:
         settle = pl.Series("settle_asset", [""] * df.height)
     settle = settle.to_numpy().astype(object)
@@ -232,7 +232,16 @@ def _load_tiers(df: pl.DataFrame, symbols: list[str], frac: np.ndarray, inst_ord
         raise BookError(names["instruments"], "symbol",
                         f"no risk tiers (and no mm_im_fraction) for {', '.join(symbols[s] for s in untiered[:5])}",
                         np.sort(inst_order[untiered]))
-    return tier_start, floor_s, mmr_s, cum, max_lev[order]
+    max_lev = max_lev[order]
+    # A fraction-model instrument listed without tiers gets one open tier (floor 0, mmr 0, no
+    # leverage cap) so every symbol has >= 1 tier and kernels never special-case it.
+    bare = np.flatnonzero(np.diff(tier_start) == 0)
+    if len(bare):
+        at = tier_start[bare]
+        floor_s, mmr_s, cum, max_lev = (np.insert(a, at, v) for a, v in
+                                        ((floor_s, 0.0), (mmr_s, 0.0), (cum, 0.0), (max_lev, np.inf)))
+        tier_start = tier_start + np.searchsorted(bare, np.arange(len(symbols) + 1), side="left")
+    return tier_start, floor_s, mmr_s, cum, max_lev
 
 
 def _load_wallets(df: pl.DataFrame, asset: pl.Series, assets: list[str], scales: np.ndarray, t: str):

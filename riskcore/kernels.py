@@ -15,38 +15,50 @@ from .config import JIT, JIT_PARALLEL
 
 @njit(**JIT)
 def tier_of(notional, t0, t1, tier_floor):
-    """Index of the last tier in [t0, t1) whose floor is <= notional."""
+    """Index of the last tier in [t0, t1) whose floor is <= notional (floors ascend).
+
+    Counting instead of searching: no data-dependent branch, ~4x faster on random rows.
+    """
     k = t0
     for j in range(t0 + 1, t1):
-        if tier_floor[j] > notional:
-            break
-        k = j
+        k += tier_floor[j] <= notional
     return k
 
 
 @njit(**JIT)
 def mm_terms(notional, leverage, mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum):
-    """(rate, cum) with mm = notional·rate − cum: the tier's, or fraction·IM (seed 003)."""
-    if mm_fraction == mm_fraction:  # not NaN: fraction-of-initial-margin model
-        return mm_fraction / leverage, 0.0
+    """(rate, cum) with mm = notional·rate − cum: the tier's, or fraction·IM (seed 003).
+
+    The tier is looked up unconditionally and the fraction model selected afterwards: an
+    early return here stops LLVM from if-converting and costs ~5x in the scan.
+    """
     k = tier_of(notional, t0, t1, tier_floor)
-    return tier_mmr[k], tier_cum[k]
+    rate = tier_mmr[k]
+    cum = tier_cum[k]
+    if mm_fraction == mm_fraction:  # not NaN
+        rate = mm_fraction / leverage
+        cum = 0.0
+    return rate, cum
 
 
 @njit(**JIT)
 def position_figures(qty, entry, leverage, mark, inverse, face, taker, mm_fraction,
                      t0, t1, tier_floor, tier_mmr, tier_cum):
     """(notional, upnl, im, mm, fee) of one position; all 0 when flat."""
-    if qty == 0.0:
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+    size = abs(qty) * face
     if inverse:
-        notional = abs(qty) * face / mark
+        notional = size / mark
         upnl = qty * face * (1.0 / entry - 1.0 / mark)
     else:
-        notional = abs(qty) * face * mark
+        notional = size * mark
         upnl = qty * face * (mark - entry)
     rate, cum = mm_terms(notional, leverage, mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum)
-    return notional, upnl, notional / leverage, notional * rate - cum, notional * taker
+    mm = notional * rate - cum
+    if qty == 0.0:  # flat: zeros even where the mark is unknown (NaN)
+        notional = 0.0
+        upnl = 0.0
+        mm = 0.0
+    return notional, upnl, notional / leverage, mm, notional * taker
 
 
 @njit(**JIT)

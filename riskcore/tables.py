@@ -6,6 +6,7 @@ Every helper raises BookError naming the table, the column and the 0-based rows 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import BookError, check
 
@@ -34,17 +35,16 @@ def _no_nulls(s: pl.Series, table: str) -> None:
 
 
 def str_col(df: pl.DataFrame, table: str, name: str, default: str | None = None) -> pl.Series:
-    """A utf8 column (categorical/dictionary accepted); nulls take `default` when one is given."""
+    """A text column (utf8, categorical or dictionary); nulls take `default` when one is given."""
     if name not in df.columns:
         if default is None:
             raise BookError(table, name, "missing column")
-        return pl.Series(name, [default] * df.height, dtype=pl.String)
+        return pl.repeat(default, df.height, dtype=pl.String, eager=True).alias(name)
     s = df[name]
     if s.dtype == pl.Null:
         s = s.cast(pl.String)
     if not (s.dtype == pl.String or isinstance(s.dtype, (pl.Categorical, pl.Enum))):
         raise BookError(table, name, f"expected text, got {s.dtype}")
-    s = s.cast(pl.String)
     if default is not None:
         return s.fill_null(default)
     _no_nulls(s, table)
@@ -81,14 +81,24 @@ def float_col(df: pl.DataFrame, table: str, name: str, default: float | None = N
 
 
 def codes(values: pl.Series, categories: list[str], table: str, problem: str) -> np.ndarray:
-    """Map text to its index in `categories`; any value not there is an error."""
-    lookup = pl.DataFrame({"_v": categories, "_code": np.arange(len(categories), dtype=np.int32)})
-    mapped = pl.DataFrame({"_v": values}).join(lookup, on="_v", how="left", maintain_order="left")["_code"]
-    missing = mapped.is_null().to_numpy()
+    """Map text to its index in `categories`; any value not there is an error.
+
+    Works on the Arrow dictionary (built by hashing when the column is plain text), so the
+    per-row work is one integer gather however long the strings are.
+    """
+    arr = values.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not isinstance(arr, pa.DictionaryArray):
+        arr = pc.dictionary_encode(arr)
+    index = {c: i for i, c in enumerate(categories)}
+    lut = np.array([index.get(v, -1) for v in arr.dictionary.to_pylist()] + [-1], dtype=np.int32)
+    mapped = lut[arr.indices.to_numpy(zero_copy_only=False)] if len(arr) else np.empty(0, np.int32)
+    missing = mapped < 0
     if missing.any():
-        shown = sorted(set(values.filter(pl.Series(missing)).head(1000).to_list()))[:5]
-        raise BookError(table, values.name, f"{problem}: {', '.join(map(str, shown))}", np.flatnonzero(missing))
-    return mapped.to_numpy().astype(np.int32)
+        shown = sorted({str(values[int(i)]) for i in np.flatnonzero(missing)[:1000]})[:5]
+        raise BookError(table, values.name, f"{problem}: {', '.join(shown)}", np.flatnonzero(missing))
+    return mapped
 
 
 def group_violations(sorted_idx: np.ndarray, starts: np.ndarray, bad_group: np.ndarray) -> np.ndarray:

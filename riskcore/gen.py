@@ -1,0 +1,199 @@
+"""A realistic synthetic book (SPEC §8 `riskcore gen`), deterministic for a seed.
+
+Zipf-like symbol popularity, heavy-tailed position sizes, 1–50 positions per account,
+~20% isolated, ~5% hedge-mode accounts, a few inverse (coin-settled) contracts, Binance-like
+tier tables, resting orders, and balances drawn so that a small share of accounts and
+isolated positions sit at or past their maintenance margin.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .book import Book
+from .errors import BookError
+from .io import write_parquet
+from .money import to_units, units_to_decimal
+from .scan import ScanArrays, scan_into
+
+MAJORS = {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15,
+          "ADA": 0.45, "AVAX": 30.0, "LINK": 15.0, "DOT": 6.0, "TRX": 0.12, "TON": 5.5, "LTC": 80.0,
+          "BCH": 400.0, "NEAR": 5.0, "APT": 9.0, "ARB": 0.9, "OP": 2.0, "SUI": 1.5, "PEPE": 0.00001}
+TIER_FLOORS_USD = np.array([0, 5e4, 2.5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7, 1e8])
+TIER_MMR = np.array([0.004, 0.005, 0.0065, 0.01, 0.02, 0.05, 0.1, 0.125, 0.15, 0.25])
+LEVERAGES = np.array([1, 2, 3, 5, 10, 20, 25, 50, 75, 100, 125], dtype=float)
+LEVERAGE_WEIGHTS = np.array([4, 6, 6, 14, 22, 20, 8, 10, 4, 4, 2], dtype=float)
+MAX_POSITIONS_PER_ACCOUNT = 50
+ISOLATED_SHARE, HEDGE_SHARE, FLAT_SHARE, INVERSE_SHARE = 0.20, 0.05, 0.02, 0.05
+
+
+def _instruments(rng, n_symbols: int, n_tiers: int):
+    n_inverse = max(1, round(n_symbols * INVERSE_SHARE)) if n_symbols > 1 else 0
+    n_linear = n_symbols - n_inverse
+    bases = list(MAJORS) + [f"C{i:04d}" for i in range(max(0, n_linear - len(MAJORS)))]
+    price = np.array([MAJORS.get(b, 0.0) for b in bases[:n_linear]])
+    small = price == 0
+    price[small] = np.exp(rng.uniform(np.log(1e-3), np.log(500.0), small.sum()))
+    price = _round_sig(price, 6)
+    popularity = 1.0 / np.arange(1, n_linear + 1) ** 1.1
+    inv = np.arange(n_inverse) % max(1, min(n_linear, len(MAJORS)))
+    symbols = [f"{b}USDT" for b in bases[:n_linear]] + [
+        f"{bases[i]}USD" + ("" if k < len(MAJORS) else f"_{k}") for k, i in enumerate(inv)]
+    inverse = np.r_[np.zeros(n_linear, bool), np.ones(n_inverse, bool)]
+    price = np.r_[price, price[inv]]
+    popularity = np.r_[popularity, 0.3 * popularity[inv]]
+    settle = ["USDT"] * n_linear + [bases[i] for i in inv]
+    face = np.where(inverse, np.where(price > 1000, 100.0, 10.0), 1.0)
+    frac = np.full(n_symbols, np.nan)
+    frac[(~inverse) & (rng.random(n_symbols) < 0.02)] = 0.5
+    instruments = pl.DataFrame({
+        "symbol": symbols, "contract_type": np.where(inverse, "inverse", "linear"), "settle_asset": settle,
+        "face_value": face, "taker_fee_rate": np.where(popularity > 0.05, 0.0004, 0.0005),
+        "liquidation_fee_rate": np.where(popularity > 0.05, 0.005, 0.0125),
+        "mm_im_fraction": pl.Series(frac, nan_to_null=True)})
+    # Tier brackets shrink and rates rise for thin markets; inverse floors are in coin.
+    depth = np.clip(popularity / popularity.max(), 0.01, 1.0)
+    mult = np.clip(1.0 / np.sqrt(depth), 1.0, 2.5)
+    k = np.arange(n_tiers)
+    floors_usd = TIER_FLOORS_USD[k][None, :] * depth[:, None]
+    mmr = np.minimum(TIER_MMR[k][None, :] * mult[:, None], 0.5)
+    floor = np.where(inverse[:, None], floors_usd / price[:, None], floors_usd)
+    risk_tiers = pl.DataFrame({
+        "symbol": np.repeat(symbols, n_tiers), "notional_floor": np.round(floor, 2).ravel(),
+        "mmr": np.round(mmr, 6).ravel(), "max_leverage": np.maximum(1.0, np.floor(0.5 / mmr)).ravel()})
+    return instruments, risk_tiers, price, popularity / popularity.sum(), inverse, face, floors_usd, mmr
+
+
+def _positions_per_account(rng, n_accounts: int, n_positions: int, cap: int) -> np.ndarray:
+    weights = rng.pareto(1.5, n_accounts) + 0.05
+    extra = np.minimum(np.floor(weights / weights.sum() * (n_positions - n_accounts)), cap - 1).astype(np.int64)
+    while (left := n_positions - n_accounts - extra.sum()) > 0:
+        room = np.flatnonzero(extra < cap - 1)
+        extra[rng.choice(room, min(left, len(room)), replace=False)] += 1
+    return 1 + extra
+
+
+def _unique_symbols(rng, acct, hedge_side, popularity):
+    """Draw a symbol per row with no repeated (account, symbol, side)."""
+    n_sym = len(popularity)
+    sym = rng.choice(n_sym, len(acct), p=popularity)
+    for _ in range(200):
+        key = (acct * n_sym + sym) * 3 + hedge_side
+        order = np.argsort(key, kind="stable")
+        dup = order[1:][key[order][1:] == key[order][:-1]]
+        if not len(dup):
+            return sym
+        sym[dup] = rng.integers(0, n_sym, len(dup))
+    raise RuntimeError("could not draw distinct symbols per account")
+
+
+def generate(accounts: int = 100_000, positions: int = 1_000_000, symbols: int = 200, seed: int = 0,
+             tiers: int = 10) -> dict[str, pl.DataFrame]:
+    """The tables of a synthetic book (instruments, risk_tiers, accounts, positions, orders, marks)."""
+    cap = min(MAX_POSITIONS_PER_ACCOUNT, symbols)
+    if not (1 <= accounts <= positions <= accounts * cap):
+        raise BookError("gen", None, f"need accounts <= positions <= accounts * {cap}")
+    if not 1 <= tiers <= len(TIER_FLOORS_USD):
+        raise BookError("gen", None, f"tiers must be 1..{len(TIER_FLOORS_USD)}")
+    rng = np.random.default_rng(seed)
+    instruments, risk_tiers, price, popularity, inverse, face, floors_usd, mmr = _instruments(rng, symbols, tiers)
+    settle = instruments["settle_asset"].to_numpy()
+
+    counts = _positions_per_account(rng, accounts, positions, cap)
+    acct = np.repeat(np.arange(accounts), counts)
+    hedge_acct = rng.random(accounts) < HEDGE_SHARE
+    hedge = hedge_acct[acct]
+    side = np.where(hedge, 1 + (rng.random(positions) < 0.5), 0).astype(np.int8)
+    sym = _unique_symbols(rng, acct, side, popularity)
+    # one margin mode per (account, symbol): a hash of the pair, so hedge legs and orders agree
+    mixed = (acct.astype(np.uint64) * np.uint64(2654435761) + sym.astype(np.uint64) * np.uint64(40503)
+             + np.uint64(seed)) % np.uint64(1000)
+    isolated = mixed < np.uint64(ISOLATED_SHARE * 1000)
+
+    # Rows in book order (account, settle asset, symbol name, side), so the book built below
+    # lines up with these arrays row for row.
+    names = np.array(instruments["symbol"].to_list())
+    name_rank = np.argsort(np.argsort(names))
+    asset_rank = np.unique(settle, return_inverse=True)[1]
+    order = np.lexsort((side, name_rank[sym], asset_rank[sym], acct))
+    acct, side, sym, isolated = acct[order], side[order], sym[order], isolated[order]
+
+    notional_usd = np.exp(rng.normal(7.5, 1.8, positions)).clip(5.0, 0.5 * floors_usd[sym, -1] + 1e6)
+    mark = price[sym]
+    contracts = np.where(inverse[sym], np.maximum(1.0, np.round(notional_usd / face[sym])),
+                         _round_sig(notional_usd / (mark * face[sym])))
+    sign = np.where(side == 1, 1.0, np.where(side == 2, -1.0, np.where(rng.random(positions) < 0.55, 1.0, -1.0)))
+    qty = np.where(rng.random(positions) < FLAT_SHARE, 0.0, sign * contracts)
+    entry = _round_sig(mark * np.exp(rng.normal(0.0, 0.04, positions)))
+    tier = np.clip(np.searchsorted(TIER_FLOORS_USD[:tiers], notional_usd, side="right") - 1, 0, tiers - 1)
+    max_lev = np.maximum(1.0, np.floor(0.5 / mmr[sym, tier]))
+    leverage = np.minimum(rng.choice(LEVERAGES, positions, p=LEVERAGE_WEIGHTS / LEVERAGE_WEIGHTS.sum()), max_lev)
+
+    wallets = (pl.DataFrame({"account_id": np.r_[acct, np.arange(accounts)],
+                             "asset": np.r_[settle[sym], np.full(accounts, "USDT")]})
+               .unique().sort("account_id", "asset"))
+    positions_df = pl.DataFrame({
+        "account_id": 1_000_000 + acct,
+        "symbol": pl.Series(names[sym]).cast(pl.Categorical),
+        "position_side": pl.Series(np.array(["both", "long", "short"])[side]).cast(pl.Categorical),
+        "qty": qty, "entry_price": entry,
+        "margin_mode": pl.Series(np.where(isolated, "isolated", "cross")).cast(pl.Categorical),
+        "leverage": leverage})
+    marks = pl.DataFrame({"symbol": instruments["symbol"], "mark_price": price,
+                          "funding_rate": np.round(rng.normal(0.0001, 0.0002, symbols), 6)})
+    held = np.flatnonzero(qty != 0)
+    pick = np.sort(rng.choice(held, min(len(held), accounts // 2), replace=False))
+    away = 1 + np.sign(qty[pick]) * -rng.uniform(0.01, 0.05, len(pick))
+    orders = pl.DataFrame({
+        "account_id": 1_000_000 + acct[pick], "symbol": positions_df["symbol"].gather(pick),
+        "qty": _round_sig(qty[pick] * rng.uniform(0.1, 1.0, len(pick))),
+        "price": _round_sig(mark[pick] * away),
+        "leverage": leverage[pick], "margin_mode": positions_df["margin_mode"].gather(pick)})
+    accounts_df = wallets.with_columns(pl.col("account_id") + 1_000_000, balance=pl.lit(0.0))
+
+    # Margins and balances from the scan's own figures: equity a random multiple of what
+    # maintenance needs, so a small tail sits at or past liquidation.
+    tables = dict(instruments=instruments, risk_tiers=risk_tiers, accounts=accounts_df,
+                  positions=positions_df, orders=orders, marks=marks)
+    book = Book.from_tables(**tables)
+    assert np.array_equal(book.positions.qty, qty)  # same row order
+    out = ScanArrays.empty(len(book.positions), len(book.wallets))
+    scan_into(book, book.mark, out, with_liq_price=False)
+    p, a = out.positions, out.accounts
+    iso_need = p["mm"] + p["fee"] - p["upnl"]
+    iso_margin = np.maximum(iso_need * np.exp(rng.normal(1.3, 0.7, positions)), p["im"] * 0.1)
+    tables["positions"] = positions_df.with_columns(
+        isolated_margin=np.where(isolated & (qty != 0), np.round(iso_margin, 6), 0.0))
+    need = a["cross_mm"] + a["cross_fee"]
+    coin = (accounts_df["asset"] != "USDT").to_numpy()
+    cash = np.exp(rng.normal(6.0, 2.0, len(need))) * np.where(coin, 1e-3, 1.0)
+    equity = np.where(need > 0, need * np.exp(rng.normal(1.6, 0.8, len(need))), cash)
+    # balance was 0, so the scanned equity is Σ cross upnl
+    balance = np.maximum(equity - a["equity"], 0.0) + book.wallets.order_margin
+    tables["accounts"] = accounts_df.with_columns(balance=np.round(balance, 6))
+    return tables
+
+
+def _round_sig(x: np.ndarray, digits: int = 8) -> np.ndarray:
+    """Round to `digits` significant digits, as real quantities and prices are quoted."""
+    with np.errstate(divide="ignore"):
+        mag = np.floor(np.log10(np.abs(np.where(x == 0, 1.0, x)))).astype(int)
+    scale = 10.0 ** (digits - 1 - mag)
+    return np.round(x * scale) / scale
+
+
+MONEY_COLUMNS = {"accounts": "balance", "positions": "isolated_margin"}
+
+
+def write_book(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = 8) -> None:
+    """Write tables as BOOK/NAME.parquet, money as exact decimal(38, scale) (SPEC §7)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        table = df.to_arrow()
+        money = MONEY_COLUMNS.get(name)
+        if money is not None:
+            units = to_units(df[money], scale, name)
+            table = table.set_column(table.schema.get_field_index(money), money, units_to_decimal(units, scale))
+        write_parquet(table, out / f"{name}.parquet")
