@@ -300,17 +300,17 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFr
         raise BookError(t, "position_side", "(account_id, symbol, position_side) listed twice",
                         np.sort(np.r_[order[dup], order[dup - 1]]))
     group = key_s // len(SIDES)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, np.int64)
     iso_s, side_s = isolated[order], side[order]
-    mixed_mode = np.maximum.reduceat(iso_s, starts) != np.minimum.reduceat(iso_s, starts) if len(starts) else starts
-    if np.any(mixed_mode):
-        raise BookError(t, "margin_mode", "one account holds a symbol both cross and isolated",
-                        group_violations(order, starts, mixed_mode))
-    has_both = np.minimum.reduceat(side_s, starts) == BOTH if len(starts) else starts
-    mixed_side = has_both & (np.maximum.reduceat(side_s, starts) != BOTH) if len(starts) else starts
-    if np.any(mixed_side):
-        raise BookError(t, "position_side", "one account mixes 'both' with 'long'/'short' in a symbol",
-                        group_violations(order, starts, mixed_side))
+    if len(starts):
+        mixed_mode = np.maximum.reduceat(iso_s, starts) != np.minimum.reduceat(iso_s, starts)
+        if mixed_mode.any():
+            raise BookError(t, "margin_mode", "one account holds a symbol both cross and isolated",
+                            group_violations(order, starts, mixed_mode))
+        mixed_side = (np.minimum.reduceat(side_s, starts) == BOTH) & (np.maximum.reduceat(side_s, starts) != BOTH)
+        if mixed_side.any():
+            raise BookError(t, "position_side", "one account mixes 'both' with 'long'/'short' in a symbol",
+                            group_violations(order, starts, mixed_side))
     return Positions(wallet[order], sym[order], side_s, qty[order], entry[order], lev[order], iso_s,
                      iso_margin[order])
 

@@ -1,0 +1,158 @@
+"""The scan kernel against the per-row Decimal reference on random books."""
+
+from decimal import Decimal
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given
+
+import riskcore as rc
+from reference import reference_scan
+from strategies import books
+
+REL = Decimal("1e-9")
+
+
+def close(got, want, scale) -> bool:
+    if want is None:
+        return got is None
+    if want == Decimal("Infinity"):
+        return got == float("inf")
+    if got is None or not np.isfinite(got):
+        return False
+    return abs(Decimal(got) - want) <= REL * (abs(want) + abs(scale))
+
+
+def assert_matches_reference(tables):
+    ref_pos, ref_acc = reference_scan(**tables)
+    result = rc.scan(rc.Book.from_tables(**tables))
+    assert result.positions.height == len(ref_pos)
+    assert result.accounts.height == len(ref_acc)
+    for row in result.positions.iter_rows(named=True):
+        want = ref_pos[(row["account_id"], row["symbol"], row["position_side"])]
+        scale = want["notional"] + abs(want["upnl"]) + abs(want["mm"]) + want["im"]
+        # each figure against its own size; upnl and mm can cancel, so against their terms
+        own = dict(notional=0, im=0, fee=0, upnl=want["gross"], mm=want["mm_gross"])
+        for name in ("notional", "upnl", "im", "mm", "fee"):
+            assert close(row[name], want[name], own[name]), (name, row, want)
+        assert close(row["roe"], want["roe"], abs(want["roe"]) + 1), ("roe", row, want)
+        if want["margin_balance"] is not None:
+            mb_scale = scale + abs(want["margin_balance"])
+            assert close(row["margin_balance"], want["margin_balance"], mb_scale)
+            rr_scale = abs(want["risk_ratio"]) if want["risk_ratio"].is_finite() else 0
+            boundary = abs(want["margin_balance"]) <= REL * mb_scale
+            if not boundary:  # the ratio is ill-conditioned where margin_balance ≈ 0
+                assert close(row["risk_ratio"], want["risk_ratio"], rr_scale * Decimal(1e3) + 1), (row, want)
+            if abs(want["margin_balance"] - want["fee"] - want["mm"]) > REL * mb_scale:
+                assert row["liquidate"] == want["liquidate"], (row, want)
+        else:
+            assert row["margin_balance"] is None and row["risk_ratio"] is None
+            if abs(want["wallet_margin"]) > REL * want["wallet_scale"]:  # a cross row's flag is its account's
+                assert row["liquidate"] == want["liquidate"], (row, want)
+    for row in result.accounts.iter_rows(named=True):
+        want = ref_acc[(row["account_id"], row["asset"])]
+        for name in ("equity", "cross_mm", "cross_im", "cross_fee", "order_margin", "available_balance",
+                     "transferable", "total_equity"):
+            assert close(row[name], want[name], want["scale"]), (name, row, want)
+        if abs(want["margin"]) > REL * want["scale"]:
+            assert row["liquidate"] == want["liquidate"], (row, want)
+            rr = want["risk_ratio"]
+            assert close(row["risk_ratio"], rr, (abs(rr) if rr.is_finite() else 0) * Decimal(1e3) + 1)
+
+
+@given(books())
+def test_scan_matches_reference(tables):
+    assert_matches_reference(tables)
+
+
+@given(books(max_symbols=2, max_accounts=2, derived_only=True))
+def test_scan_matches_reference_at_tier_boundaries(tables):
+    """Marks moved so a position's notional sits exactly on a tier floor."""
+    pos = tables["positions"].filter(pl.col("qty") != 0)
+    tiers = tables["risk_tiers"].filter(pl.col("notional_floor") > 0)
+    if pos.height and tiers.height:
+        p = pos.row(0, named=True)
+        inst = tables["instruments"].filter(pl.col("symbol") == p["symbol"]).row(0, named=True)
+        floors = tiers.filter(pl.col("symbol") == p["symbol"])["notional_floor"]
+        if len(floors):
+            size = abs(p["qty"]) * inst["face_value"]
+            price = size / floors[0] if inst["contract_type"] == "inverse" else floors[0] / size
+            tables["marks"] = tables["marks"].with_columns(
+                pl.when(pl.col("symbol") == p["symbol"]).then(price).otherwise(pl.col("mark_price")).alias("mark_price"))
+    assert_matches_reference(tables)
+
+
+def test_one_account_with_thousands_of_positions():
+    n = 1500
+    syms = [f"S{i:04d}USDT" for i in range(n)]
+    tables = dict(
+        instruments=pl.DataFrame({"symbol": syms, "contract_type": ["linear"] * n, "face_value": [1.0] * n,
+                                  "taker_fee_rate": [0.0005] * n}),
+        risk_tiers=pl.DataFrame({"symbol": syms * 2, "notional_floor": [0.0] * n + [1e4] * n,
+                                 "mmr": [0.01] * n + [0.05] * n, "max_leverage": [50.0] * n + [10.0] * n}),
+        accounts=pl.DataFrame({"account_id": [7, 8], "balance": [250_000.0, 10.0]}),
+        positions=pl.DataFrame({
+            "account_id": [7] * (2 * n) + [8], "symbol": syms * 2 + [syms[0]],
+            "position_side": ["long"] * n + ["short"] * n + ["both"],
+            "qty": [float(i % 7) for i in range(n)] + [-float(i % 5) for i in range(n)] + [1.0],
+            "entry_price": [100.0 + i % 13 for i in range(2 * n)] + [100.0],
+            "margin_mode": ["cross"] * (2 * n) + ["isolated"], "leverage": [10.0] * (2 * n + 1),
+            "isolated_margin": [0.0] * (2 * n) + [20.0]}),
+        marks=pl.DataFrame({"symbol": syms, "mark_price": [105.0 + i % 3 for i in range(n)]}),
+    )
+    assert_matches_reference(tables)
+
+
+def test_empty_accounts_and_flat_rows():
+    tables = dict(
+        instruments=pl.DataFrame({"symbol": ["BTCUSDT"], "contract_type": ["linear"], "face_value": [1.0],
+                                  "taker_fee_rate": [0.0004]}),
+        risk_tiers=pl.DataFrame({"symbol": ["BTCUSDT"], "notional_floor": [0.0], "mmr": [0.004],
+                                 "max_leverage": [125.0], "maintenance_amount": [5.0]}),
+        accounts=pl.DataFrame({"account_id": [1, 2], "balance": [100.0, -1.0]}),
+        positions=pl.DataFrame({"account_id": [1], "symbol": ["BTCUSDT"], "qty": [0.0], "entry_price": [5.0],
+                                "margin_mode": ["cross"], "leverage": [3.0]}),
+        marks=pl.DataFrame({"symbol": ["BTCUSDT"], "mark_price": [60000.0]}),
+    )
+    r = rc.scan(rc.Book.from_tables(**tables))
+    flat = r.positions.row(0, named=True)
+    assert [flat[k] for k in ("notional", "upnl", "im", "mm", "fee", "roe")] == [0.0] * 6
+    assert flat["liquidate"] is False and flat["liq_price"] is None
+    acc = {row["account_id"]: row for row in r.accounts.iter_rows(named=True)}
+    # no cross position: risk ratio 0 and never liquidated, even with a negative balance
+    assert acc[2]["risk_ratio"] == 0.0 and acc[2]["liquidate"] is False and acc[2]["equity"] == -1.0
+    assert acc[1]["available_balance"] == 100.0 and acc[1]["transferable"] == 100.0
+    assert_matches_reference(tables)
+
+
+def test_flat_symbol_needs_no_mark():
+    tables = dict(
+        instruments=pl.DataFrame({"symbol": ["A", "B"], "contract_type": ["linear"] * 2, "face_value": [1.0] * 2,
+                                  "taker_fee_rate": [0.0] * 2}),
+        risk_tiers=pl.DataFrame({"symbol": ["A", "B"], "notional_floor": [0.0] * 2, "mmr": [0.01] * 2,
+                                 "max_leverage": [50.0] * 2}),
+        accounts=pl.DataFrame({"account_id": [1], "balance": [10.0]}),
+        positions=pl.DataFrame({"account_id": [1, 1], "symbol": ["A", "B"], "qty": [1.0, 0.0],
+                                "entry_price": [5.0, 5.0], "margin_mode": ["cross"] * 2, "leverage": [3.0] * 2}),
+        marks=pl.DataFrame({"symbol": ["A"], "mark_price": [6.0]}),
+    )
+    r = rc.scan(rc.Book.from_tables(**tables))
+    assert r.accounts["equity"].to_list() == [pytest.approx(11.0)]
+
+
+def test_notional_exactly_on_a_floor_takes_the_upper_tier():
+    """SPEC §2: the tier is the last with floor <= N; visible with given maintenance amounts."""
+    tables = dict(
+        instruments=pl.DataFrame({"symbol": ["X"], "contract_type": ["linear"], "face_value": [1.0],
+                                  "taker_fee_rate": [0.0]}),
+        risk_tiers=pl.DataFrame({"symbol": ["X", "X"], "notional_floor": [0.0, 100000.0], "mmr": [0.01, 0.02],
+                                 "max_leverage": [50.0, 25.0], "maintenance_amount": [0.0, 500.0]}),
+        accounts=pl.DataFrame({"account_id": [1], "balance": [1e6]}),
+        positions=pl.DataFrame({"account_id": [1, 1], "symbol": ["X", "X"], "position_side": ["long", "short"],
+                                "qty": [2.0, -1.0], "entry_price": [50000.0, 50000.0],
+                                "margin_mode": ["cross", "cross"], "leverage": [10.0, 10.0]}),
+        marks=pl.DataFrame({"symbol": ["X"], "mark_price": [50000.0]}),
+    )
+    mm = rc.scan(rc.Book.from_tables(**tables)).positions["mm"].to_list()
+    assert mm == [100000.0 * 0.02 - 500.0, 50000.0 * 0.01]
