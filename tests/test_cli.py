@@ -1,0 +1,109 @@
+"""The command line: gen → scan round trip, and one-line errors (never a traceback)."""
+
+import subprocess
+import sys
+from decimal import Decimal
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from riskcore.cli import main
+from riskcore import load_book
+from test_validation import good, with_value
+
+
+@pytest.fixture(scope="module")
+def book_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    assert main(["gen", "--accounts", "300", "--positions", "3000", "--symbols", "40", "--seed", "5", str(out)]) == 0
+    return out
+
+
+def test_gen_writes_every_table_with_decimal_money(book_dir):
+    for name in ("instruments", "risk_tiers", "accounts", "positions", "orders", "marks"):
+        assert (book_dir / f"{name}.parquet").exists()
+    assert str(pq.read_schema(book_dir / "accounts.parquet").field("balance").type) == "decimal128(38, 8)"
+    assert str(pq.read_schema(book_dir / "positions.parquet").field("isolated_margin").type) == "decimal128(38, 8)"
+
+
+def test_scan_writes_outputs_and_summary(book_dir, tmp_path, capsys):
+    assert main(["scan", str(book_dir), "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "scanned 3,000 positions" in text and "to liquidate" in text
+    pos = pl.read_parquet(tmp_path / "positions.parquet")
+    acc = pl.read_parquet(tmp_path / "accounts.parquet")
+    assert pos.height == 3000
+    assert pos.columns == ["account_id", "symbol", "position_side", "margin_mode", "qty", "notional", "upnl", "im",
+                           "mm", "fee", "roe", "margin_balance", "risk_ratio", "liq_price", "liquidate"]
+    assert acc.columns == ["account_id", "asset", "equity", "cross_mm", "cross_im", "cross_fee", "order_margin",
+                           "risk_ratio", "available_balance", "transferable", "total_equity", "liquidate"]
+    assert acc["account_id"].n_unique() == 300
+
+
+def test_scan_with_marks_file(book_dir, tmp_path, capsys):
+    marks = pl.read_parquet(book_dir / "marks.parquet").with_columns(pl.col("mark_price") * 0.5)
+    marks.write_parquet(tmp_path / "crash.parquet")
+    assert main(["scan", str(book_dir), "--marks", str(tmp_path / "crash.parquet"), "--out", str(tmp_path / "o")]) == 0
+    crashed = pl.read_parquet(tmp_path / "o" / "accounts.parquet")["liquidate"].sum()
+    assert main(["scan", str(book_dir), "--out", str(tmp_path / "p")]) == 0
+    assert crashed > pl.read_parquet(tmp_path / "p" / "accounts.parquet")["liquidate"].sum()
+
+
+def test_decimal_money_is_read_exactly(tmp_path):
+    t = good()
+    amounts = [Decimal("1000.000000025"), Decimal("0.000000015"), Decimal("50.0000000049")]
+    t["accounts"] = t["accounts"].with_columns(pl.Series("balance", amounts, dtype=pl.Decimal(38, 10)))
+    for name, df in t.items():
+        df.write_parquet(tmp_path / f"{name}.parquet")
+    book = load_book(tmp_path)
+    # wallets sorted (1, BTC), (1, USDT), (2, USDT); extra places rounded half-to-even
+    assert list(book.wallets.balance) == [2, 100000000002, 5000000000]
+
+
+def _write_bad(tmp_path, table, column, row, value):
+    t = with_value(good(), table, column, row, value)
+    for name, df in t.items():
+        df.write_parquet(tmp_path / f"{name}.parquet")
+
+
+@pytest.mark.parametrize("table,column,row,value,words", [
+    ("positions", "qty", 2, float("nan"), "positions.parquet: column 'qty': NaN or infinite value (rows 2; 1 in all)"),
+    ("positions", "symbol", 1, "NOPE", "positions.parquet: column 'symbol': unknown symbol: NOPE (rows 1; 1 in all)"),
+    ("marks", "mark_price", 0, -1.0, "marks.parquet: column 'mark_price': mark price must be positive (rows 0;"),
+    ("positions", "margin_mode", 3, "isolated", "one account holds a symbol both cross and isolated (rows 2, 3;"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, table, column, row, value, words):
+    _write_bad(tmp_path, table, column, row, value)
+    assert main(["scan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("riskcore: error: ") and words in err[0], err
+
+
+def test_cli_missing_table_and_bad_file(tmp_path, capsys):
+    assert main(["scan", str(tmp_path)]) == 2
+    assert "instruments.parquet: missing table" in capsys.readouterr().err
+    _write_bad(tmp_path, "positions", "qty", 0, 1.0)
+    (tmp_path / "positions.parquet").write_text("not parquet")
+    assert main(["scan", str(tmp_path)]) == 2
+    assert "positions.parquet: cannot read as Parquet" in capsys.readouterr().err
+
+
+def test_cli_subprocess_never_prints_a_traceback(tmp_path):
+    _write_bad(tmp_path, "positions", "leverage", 1, 0.0)
+    run = subprocess.run([sys.executable, "-m", "riskcore", "scan", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert "positions.parquet: column 'leverage': leverage must be >= 1 (rows 1; 1 in all)" in run.stderr
+
+
+def test_folder_of_parts(book_dir, tmp_path, capsys):
+    parts = tmp_path / "book"
+    (parts / "positions").mkdir(parents=True)
+    for name in ("instruments", "risk_tiers", "accounts", "orders", "marks"):
+        (parts / f"{name}.parquet").write_bytes((book_dir / f"{name}.parquet").read_bytes())
+    pos = pl.read_parquet(book_dir / "positions.parquet")
+    pos.slice(0, 1000).write_parquet(parts / "positions" / "part-0.parquet")
+    pos.slice(1000).write_parquet(parts / "positions" / "part-1.parquet")
+    assert main(["scan", str(parts)]) == 0
+    assert "scanned 3,000 positions" in capsys.readouterr().out

@@ -1,0 +1,204 @@
+"""Every book rule of SPEC §1: a BookError naming the table, the column and the rows."""
+
+import math
+
+import polars as pl
+import pytest
+
+import riskcore as rc
+from riskcore import BookError
+
+
+def good():
+    return dict(
+        instruments=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"],
+                                  "contract_type": ["linear", "inverse", "linear"],
+                                  "settle_asset": ["USDT", "BTC", None], "face_value": [1.0, 100.0, 1.0],
+                                  "taker_fee_rate": [0.0004, 0.0005, 0.0004]}),
+        risk_tiers=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSDT", "BTCUSD", "ETHUSDT"],
+                                 "notional_floor": [0.0, 5e4, 0.0, 0.0], "mmr": [0.004, 0.005, 0.01, 0.005],
+                                 "max_leverage": [125.0, 100.0, 50.0, 100.0]}),
+        accounts=pl.DataFrame({"account_id": [1, 1, 2], "asset": ["USDT", "BTC", "USDT"],
+                               "balance": [1000.0, 0.5, 50.0]}),
+        positions=pl.DataFrame({"account_id": [1, 1, 2, 2], "symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT", "ETHUSDT"],
+                                "position_side": ["both", "both", "long", "short"],
+                                "qty": [0.1, -5.0, 1.0, -2.0], "entry_price": [60000.0, 61000.0, 3000.0, 3100.0],
+                                "margin_mode": ["cross", "isolated", "cross", "cross"],
+                                "leverage": [10.0, 20.0, 5.0, 5.0], "isolated_margin": [0.0, 0.01, 0.0, 0.0]}),
+        orders=pl.DataFrame({"account_id": [1], "symbol": ["BTCUSDT"], "qty": [0.05], "price": [59000.0],
+                             "leverage": [10.0], "margin_mode": ["cross"]}),
+        marks=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"], "mark_price": [60500.0, 60500.0, 3050.0]}),
+    )
+
+
+def with_value(tables, table, column, row, value):
+    df = tables[table]
+    tables[table] = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+    return tables
+
+
+def expect(tables, table, column, rows, words):
+    with pytest.raises(BookError) as e:
+        rc.Book.from_tables(**tables)
+    err = e.value
+    assert err.table == table and err.column == column, str(err)
+    assert err.rows is not None and list(err.rows) == rows, str(err)
+    assert words in str(err), str(err)
+    return err
+
+
+def test_good_book_loads_and_scans():
+    r = rc.scan(rc.Book.from_tables(**good()))
+    assert r.positions.height == 4 and r.accounts.height == 3
+
+
+@pytest.mark.parametrize("column,value", [("qty", math.nan), ("qty", math.inf), ("entry_price", -math.inf),
+                                          ("leverage", math.nan), ("isolated_margin", math.nan)])
+def test_nan_and_inf_rejected(column, value):
+    expect(with_value(good(), "positions", column, 2, value), "positions", column, [2], "NaN or infinite")
+
+
+@pytest.mark.parametrize("column,value,words", [
+    ("entry_price", 0.0, "positive"), ("leverage", 0.5, ">= 1"), ("isolated_margin", -1.0, ">= 0"),
+    ("position_side", "sideways", "position_side must be"), ("margin_mode", "portfolio", "margin_mode must be"),
+])
+def test_bad_position_values(column, value, words):
+    expect(with_value(good(), "positions", column, 1, value), "positions", column, [1], words)
+
+
+def test_long_with_negative_qty():
+    expect(with_value(good(), "positions", "qty", 2, -1.0), "positions", "qty", [2], "long position")
+
+
+def test_cross_position_with_isolated_margin():
+    expect(with_value(good(), "positions", "isolated_margin", 0, 5.0), "positions", "isolated_margin", [0],
+           "cross position cannot hold")
+
+
+def test_unknown_symbol():
+    expect(with_value(good(), "positions", "symbol", 3, "DOGEUSDT"), "positions", "symbol", [3], "DOGEUSDT")
+
+
+def test_unknown_account():
+    expect(with_value(good(), "positions", "account_id", 0, 99), "positions", "account_id", [0], "no accounts row")
+
+
+def test_missing_wallet_for_settle_asset():
+    t = good()
+    t["accounts"] = t["accounts"].filter(pl.col("asset") != "BTC")
+    expect(t, "positions", "account_id", [1], "settle asset")
+
+
+def test_duplicate_position_key():
+    t = good()
+    t["positions"] = pl.concat([t["positions"], t["positions"].slice(0, 1)])
+    expect(t, "positions", "position_side", [0, 4], "listed twice")
+
+
+def test_symbol_held_cross_and_isolated():
+    expect(with_value(good(), "positions", "margin_mode", 3, "isolated"), "positions", "margin_mode", [2, 3],
+           "both cross and isolated")
+
+
+def test_both_mixed_with_hedge_legs():
+    expect(with_value(good(), "positions", "position_side", 2, "both"), "positions", "position_side", [2, 3],
+           "mixes 'both'")
+
+
+def test_duplicate_account_wallet():
+    t = good()
+    t["accounts"] = pl.concat([t["accounts"], t["accounts"].slice(2, 1)])
+    expect(t, "accounts", "account_id", [2, 3], "listed twice")
+
+
+def test_nan_balance():
+    expect(with_value(good(), "accounts", "balance", 1, math.nan), "accounts", "balance", [1], "NaN or infinite")
+
+
+def test_missing_tiers():
+    t = good()
+    t["risk_tiers"] = t["risk_tiers"].filter(pl.col("symbol") != "ETHUSDT")
+    expect(t, "instruments", "symbol", [2], "no risk tiers")
+
+
+def test_first_tier_must_start_at_zero():
+    expect(with_value(good(), "risk_tiers", "notional_floor", 2, 10.0), "risk_tiers", "notional_floor", [2],
+           "start at 0")
+
+
+def test_mmr_must_not_fall():
+    expect(with_value(good(), "risk_tiers", "mmr", 1, 0.001), "risk_tiers", "mmr", [1], "decreases")
+
+
+def test_duplicate_tier_floor():
+    t = good()
+    t["risk_tiers"] = pl.concat([t["risk_tiers"], t["risk_tiers"].slice(1, 1)])
+    expect(t, "risk_tiers", "notional_floor", [1, 4], "share a floor")
+
+
+def test_inverse_needs_settle_asset():
+    expect(with_value(good(), "instruments", "settle_asset", 1, None), "instruments", "settle_asset", [1],
+           "inverse contract")
+
+
+def test_bad_face_value_and_contract_type():
+    expect(with_value(good(), "instruments", "face_value", 0, 0.0), "instruments", "face_value", [0], "positive")
+    expect(with_value(good(), "instruments", "contract_type", 2, "option"), "instruments", "contract_type", [2],
+           "linear or inverse")
+
+
+def test_order_mode_conflicts_with_position():
+    expect(with_value(good(), "orders", "margin_mode", 0, "isolated"), "orders", "margin_mode", [0], "differs")
+
+
+def test_missing_column():
+    t = good()
+    t["positions"] = t["positions"].drop("entry_price")
+    with pytest.raises(BookError, match="positions: column 'entry_price': missing column"):
+        rc.Book.from_tables(**t)
+
+
+def test_wrong_column_type():
+    t = good()
+    t["positions"] = t["positions"].with_columns(pl.col("account_id").cast(pl.Float64))
+    with pytest.raises(BookError, match="account_id.*expected integers"):
+        rc.Book.from_tables(**t)
+
+
+def test_null_in_required_column():
+    expect(with_value(good(), "positions", "qty", 1, None), "positions", "qty", [1], "null")
+
+
+def test_marks():
+    book = rc.Book.from_tables(**{k: v for k, v in good().items() if k != "marks"})
+    with pytest.raises(BookError, match=r"marks: column 'mark_price': no mark for 1 held symbol\(s\): ETHUSDT"):
+        rc.scan(book, pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD"], "mark_price": [1.0, 1.0]}))
+    with pytest.raises(BookError, match=r"marks: column 'mark_price': mark price must be positive \(rows 1;"):
+        rc.scan(book, pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"], "mark_price": [1.0, 0.0, 1.0]}))
+    with pytest.raises(BookError, match=r"marks: column 'symbol': unknown symbol: XRPUSDT \(rows 1;"):
+        rc.scan(book, pl.DataFrame({"symbol": ["BTCUSDT", "XRPUSDT"], "mark_price": [1.0, 1.0]}))
+    with pytest.raises(BookError, match=r"symbol listed twice \(rows 0, 2;"):
+        rc.scan(book, pl.DataFrame({"symbol": ["BTCUSDT", "ETHUSDT", "BTCUSDT"], "mark_price": [1.0] * 3}))
+    with pytest.raises(BookError, match="NaN or infinite"):
+        rc.scan(book, pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"], "mark_price": [1.0, math.nan, 1.0]}))
+
+
+def test_unsorted_input_is_sorted_for_the_user():
+    t = good()
+    shuffled = {k: (v.reverse() if k != "instruments" else v.reverse()) for k, v in t.items()}
+    a, b = rc.scan(rc.Book.from_tables(**t)), rc.scan(rc.Book.from_tables(**shuffled))
+    assert a.positions.equals(b.positions) and a.accounts.equals(b.accounts)
+
+
+def test_error_lists_first_rows_and_count():
+    t = good()
+    t["positions"] = pl.concat([t["positions"]] * 1).with_columns(pl.lit(math.nan).alias("qty"))
+    err = expect(t, "positions", "qty", [0, 1, 2, 3], "NaN")
+    assert "4 in all" in str(err)
+
+
+def test_categorical_and_pyarrow_input():
+    t = {k: v.with_columns(pl.col(pl.String).cast(pl.Categorical)).to_arrow() for k, v in good().items()}
+    r = rc.scan(rc.Book.from_tables(**t))
+    assert r.positions.height == 4
