@@ -37,9 +37,11 @@ def _instruments(rng, n_symbols: int, n_tiers: int):
     price[small] = np.exp(rng.uniform(np.log(1e-3), np.log(500.0), small.sum()))
     price = _round_sig(price, 6)
     popularity = 1.0 / np.arange(1, n_linear + 1) ** 1.1
-    inv = np.arange(n_inverse) % max(1, min(n_linear, len(MAJORS)))
+    # coin-settled contracts only on coins worth >= 1 USD, as exchanges list them
+    eligible = np.flatnonzero(price >= 1.0) if np.any(price >= 1.0) else np.arange(1)
+    inv = eligible[np.arange(n_inverse) % len(eligible)]
     symbols = [f"{b}USDT" for b in bases[:n_linear]] + [
-        f"{bases[i]}USD" + ("" if k < len(MAJORS) else f"_{k}") for k, i in enumerate(inv)]
+        f"{bases[i]}USD" + ("" if k < len(eligible) else f"_{k // len(eligible)}") for k, i in enumerate(inv)]
     inverse = np.r_[np.zeros(n_linear, bool), np.ones(n_inverse, bool)]
     price = np.r_[price, price[inv]]
     popularity = np.r_[popularity, 0.3 * popularity[inv]]

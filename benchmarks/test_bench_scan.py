@@ -1,0 +1,61 @@
+"""Full-scan benchmarks, riskcore side by side with the polars pipeline.
+
+Default test run: each runs once as a correctness test (--benchmark-disable). Timed run:
+    python -m pytest benchmarks --benchmark-enable -m "heavy or not heavy"
+"""
+
+import functools
+
+import numpy as np
+import polars as pl
+import pytest
+
+import riskcore as rc
+from baselines import polars_flags
+from riskcore.gen import generate
+from riskcore.scan import ScanArrays, scan_into
+
+SIZES = {"100k": (10_000, 100_000, 100), "1M": (100_000, 1_000_000, 200), "10M": (1_000_000, 10_000_000, 500)}
+
+
+@functools.cache
+def setup(size):
+    accounts, positions, symbols = SIZES[size]
+    tables = generate(accounts, positions, symbols, seed=0)
+    book = rc.Book.from_tables(**tables)
+    return tables, book, ScanArrays.empty(len(book.positions), len(book.wallets))
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_scan_flags(benchmark, size):
+    """Liquidation flags and account figures (the per-tick check), no per-position outputs."""
+    _, book, out = setup(size)
+    benchmark(scan_into, book, book.mark, out, with_positions=False)
+    assert out.accounts["liquidate"].any()
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_scan_all_figures(benchmark, size):
+    _, book, out = setup(size)
+    benchmark(scan_into, book, book.mark, out, with_liq_price=False)
+    assert np.isfinite(out.positions["mm"]).all()
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_scan_with_liq_prices(benchmark, size):
+    _, book, out = setup(size)
+    benchmark(scan_into, book, book.mark, out)
+    assert np.isfinite(out.positions["liq_price"]).any()
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_polars_pipeline_baseline(benchmark, size):
+    """Same flags as the kernel; the result is checked against riskcore's."""
+    tables, book, _ = setup(size)
+    iso, accounts = benchmark(polars_flags, tables)
+    r = rc.scan(book, liq_prices=False)
+    want_acc = r.accounts.filter("liquidate").select("account_id", pl.col("asset").cast(pl.String))
+    want_iso = r.positions.filter(pl.col("liquidate") & (pl.col("margin_mode") == "isolated")).select(
+        "account_id", pl.col("symbol").cast(pl.String), pl.col("position_side").cast(pl.String))
+    assert accounts.sort(pl.all()).equals(want_acc.sort(pl.all()))
+    assert iso.sort(pl.all()).equals(want_iso.sort(pl.all()))
