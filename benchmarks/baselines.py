@@ -26,7 +26,7 @@ def polars_flags(tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.Data
                .then(pl.col("qty") * pl.col("face_value") * (1 / pl.col("entry_price") - 1 / pl.col("mark_price")))
                .otherwise(pl.col("qty") * pl.col("face_value") * (pl.col("mark_price") - pl.col("entry_price"))))
            .sort("notional")
-           .join_asof(tiers, left_on="notional", right_on="notional_floor", by="symbol")
+           .join_asof(tiers, left_on="notional", right_on="notional_floor", by="symbol", check_sortedness=False)
            .with_columns(im=pl.col("notional") / pl.col("leverage"), fee=pl.col("notional") * pl.col("taker_fee_rate"))
            .with_columns(mm=pl.when(pl.col("qty") == 0).then(0.0)
                          .when(pl.col("mm_im_fraction").is_not_null()).then(pl.col("mm_im_fraction") * pl.col("im"))

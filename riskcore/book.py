@@ -68,6 +68,10 @@ class Positions:
     leverage: np.ndarray
     isolated: np.ndarray           # bool
     isolated_margin: np.ndarray    # int64 money units
+    # Derived from entry_price/leverage so the kernel needs no division per row; call
+    # Book.derive_positions after changing either.
+    entry_unit: np.ndarray = None  # face·entry (linear) or face/entry (inverse)
+    inv_leverage: np.ndarray = None
 
     def __len__(self):
         return len(self.qty)
@@ -125,9 +129,28 @@ class Book:
         wallets.order_margin = order_margin(ords, inst, len(wallets))
         book = cls(assets, scales, inst, wallets, pos, ords,
                    np.full(len(inst), np.nan), np.full(len(inst), np.nan))
+        book.derive_positions()
         if marks is not None:
             book.mark, book.funding_rate = book.read_marks(marks, names["marks"])
         return book
+
+    def derive_positions(self, rows=slice(None)) -> None:
+        """Recompute the kernel's derived position columns (after entry/leverage changes)."""
+        pos, inst = self.positions, self.instruments
+        if pos.entry_unit is None:
+            pos.entry_unit, pos.inv_leverage = np.empty(len(pos)), np.empty(len(pos))
+        sym = pos.symbol[rows]
+        face, entry = inst.face_value[sym], pos.entry_price[rows]
+        pos.entry_unit[rows] = np.where(inst.inverse[sym], face / entry, face * entry)
+        pos.inv_leverage[rows] = 1.0 / pos.leverage[rows]
+
+    def face_mark(self, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per symbol (face·P or face/P, +1 or −1): notional = |q|·face_mark,
+        upnl = direction·q·(face_mark − entry_unit)."""
+        inst = self.instruments
+        with np.errstate(divide="ignore", invalid="ignore"):
+            face_mark = np.where(inst.inverse, inst.face_value / mark, inst.face_value * mark)
+        return face_mark, np.where(inst.inverse, -1.0, 1.0)
 
     def read_marks(self, marks, table: str = "marks"):
         """Per-symbol (mark, funding_rate) arrays from a marks table; unlisted symbols NaN."""
@@ -154,15 +177,10 @@ class Book:
             shown = ", ".join(self.instruments.symbol[s] for s in missing[:5])
             raise BookError(table, "mark_price", f"no mark for {len(missing)} held symbol(s): {shown}")
 
-    @property
-    def wallet_unit(self) -> np.ndarray:
-        """Value of one money unit of each wallet's balance."""
-        return 10.0 ** -self.asset_scale[self.wallets.asset].astype(np.float64)
-
-    @property
-    def symbol_unit(self) -> np.ndarray:
-        """Value of one money unit of each symbol's settlement asset."""
-        return 10.0 ** -self.asset_scale[self.instruments.settle_asset].astype(np.float64)
+    def __post_init__(self):
+        # value of one money unit of each wallet's balance / each symbol's settle asset
+        self.wallet_unit = 10.0 ** -self.asset_scale[self.wallets.asset].astype(np.float64)
+        self.symbol_unit = 10.0 ** -self.asset_scale[self.instruments.settle_asset].astype(np.float64)
 
 
 def _load_instruments(df: pl.DataFrame, tiers: pl.DataFrame, names: dict) -> tuple[Instruments, list[str]]:

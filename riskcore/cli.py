@@ -16,7 +16,7 @@ def _cold_cache_notice() -> None:
     """Say so when this run will compile the kernels (first run after install)."""
     from . import config, kernels
     cache_dir = Path(kernels.__file__).parent / "__pycache__"
-    if not config.CACHE or not any(cache_dir.glob("kernels.scan_wallets*.nbi")):
+    if not config.CACHE or not any(cache_dir.glob("kernels.wallet_pass*.nbi")):
         print("riskcore: compiling kernels (first run after install, about 10-20 s) ...", file=sys.stderr, flush=True)
 
 

@@ -1,10 +1,12 @@
 """numba kernels: per-position figures (SPEC §2), isolated/cross checks (§3), liquidation
 prices (§4). Arrays in, arrays out; no validation here (the Python layer did it).
 
-Hot path: `scan_wallets` walks wallets in parallel; a wallet's positions are one contiguous
-range (see book.py), so every per-account sum is a segmented reduction done by the one
-thread that owns the wallet. Account outputs are indexed by wallet id, so scanning a subset
-of wallets (a tick) updates those rows in place and leaves the rest as they were.
+Hot path, two passes: `position_pass` computes every row's figures (flat and branch-light,
+in parallel over rows); `wallet_pass` walks wallets in parallel, and since a wallet's
+positions are one contiguous range (see book.py) every per-account sum is a segmented
+reduction done by the one thread that owns the wallet. Both take a subset (rows, wallets)
+and write in place, so a tick re-computes only the rows of its symbols and the wallets
+holding them.
 """
 
 import numpy as np
@@ -26,46 +28,19 @@ def tier_of(notional, t0, t1, tier_floor):
 
 
 @njit(**JIT)
-def mm_terms(notional, leverage, mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum):
-    """(rate, cum) with mm = notional·rate − cum: the tier's, or fraction·IM (seed 003).
+def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
+    """(rate, cum) with mm = notional·rate − cum: tier k's, or fraction·IM (seed 003).
 
-    The tier is looked up unconditionally and the fraction model selected afterwards: an
-    early return here stops LLVM from if-converting and costs ~5x in the scan.
+    The one definition of maintenance margin. The tier is looked up by the caller
+    unconditionally and the fraction model selected here afterwards: an early return around
+    the tier search stops LLVM from if-converting and costs ~5x in the scan.
     """
-    k = tier_of(notional, t0, t1, tier_floor)
     rate = tier_mmr[k]
     cum = tier_cum[k]
     if mm_fraction == mm_fraction:  # not NaN
-        rate = mm_fraction / leverage
+        rate = mm_fraction * inv_leverage
         cum = 0.0
     return rate, cum
-
-
-@njit(**JIT)
-def position_figures(qty, entry, leverage, mark, inverse, face, taker, mm_fraction,
-                     t0, t1, tier_floor, tier_mmr, tier_cum):
-    """(notional, upnl, im, mm, fee) of one position; all 0 when flat."""
-    size = abs(qty) * face
-    if inverse:
-        notional = size / mark
-        upnl = qty * face * (1.0 / entry - 1.0 / mark)
-    else:
-        notional = size * mark
-        upnl = qty * face * (mark - entry)
-    rate, cum = mm_terms(notional, leverage, mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum)
-    mm = notional * rate - cum
-    if qty == 0.0:  # flat: zeros even where the mark is unknown (NaN)
-        notional = 0.0
-        upnl = 0.0
-        mm = 0.0
-    return notional, upnl, notional / leverage, mm, notional * taker
-
-
-@njit(**JIT)
-def entry_margin(qty, entry, leverage, inverse, face):
-    """Initial margin at entry: the base of the PnL% (roe) figure."""
-    value = 1.0 / entry if inverse else entry
-    return abs(qty) * face * value / leverage
 
 
 @njit(**JIT)
@@ -77,11 +52,42 @@ def _leg_coefficients(k, qty, entry, leverage, inverse, face, taker, mm_fraction
         s, e = -qty * face, 1.0 / entry
     else:
         s, e = qty * face, entry
-    if mm_fraction == mm_fraction:
-        rate, cum = mm_fraction / leverage, 0.0
-    else:
-        rate, cum = tier_mmr[k], tier_cum[k]
+    rate, cum = mm_rate(k, 1.0 / leverage, mm_fraction, tier_mmr, tier_cum)
     return s - a * (rate + taker), cum - s * e
+
+
+@njit(**JIT)
+def _liq_price_single(cushion, qty, entry, leverage, inverse, face, taker, mm_fraction,
+                      t0, t1, tier_floor, tier_mmr, tier_cum, mark):
+    """One leg: start at the current tier and step toward the root (usually 1–2 steps).
+
+    Within a tier the condition is linear with a slope of fixed sign (mmr + fee < 1), so
+    the root lies on one side; stepping back the way we came means the condition jumps
+    across zero at the floor between (given maintenance amounts), which is the answer.
+    Returns -1.0 when that reasoning does not apply (flat slope) so the caller walks all.
+    """
+    a = abs(qty) * face
+    t_now = 1.0 / mark if inverse else mark
+    k = tier_of(a * t_now, t0, t1, tier_floor)
+    step = 0
+    for _ in range(t1 - t0 + 1):
+        slope, icpt = _leg_coefficients(k, qty, entry, leverage, inverse, face, taker, mm_fraction,
+                                        tier_mmr, tier_cum)
+        if slope == 0.0:
+            return -1.0
+        root = -(icpt + cushion) / slope
+        lo = tier_floor[k] / a
+        hi = tier_floor[k + 1] / a if k + 1 < t1 else np.inf
+        want = -1 if root < lo else (1 if root > hi else 0)
+        if want == 0:
+            return root
+        if step != 0 and want != step:
+            return lo if step == 1 else hi
+        if want == -1 and k == t0:
+            return np.nan  # the root is at a negative price
+        step = want
+        k += want
+    return np.nan
 
 
 @njit(**JIT)
@@ -96,6 +102,14 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
     the boundary. Several roots (possible only with hedged legs) → the one nearest the mark.
     NaN when no positive finite price qualifies.
     """
+    if i1 - i0 == 1 and qty[i0] != 0.0:
+        t = _liq_price_single(cushion, qty[i0], entry[i0], leverage[i0], inverse, face, taker, mm_fraction,
+                              t0, t1, tier_floor, tier_mmr, tier_cum, mark)
+        if t != -1.0:
+            if not (t > 0.0 and t < np.inf):
+                return np.nan
+            price = 1.0 / t if inverse else t
+            return price if price < np.inf else np.nan
     n_legs = i1 - i0
     tiered = mm_fraction != mm_fraction
     k0 = t0
@@ -151,24 +165,73 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
 
 
 @njit(**JIT_PARALLEL)
-def scan_wallets(wallets, pos_start, balance_units, wallet_unit, order_margin,
-                 symbol, qty, entry, leverage, isolated, isolated_units,
-                 inverse, face, taker, mm_fraction, symbol_unit,
-                 tier_start, tier_floor, tier_mmr, tier_cum, mark,
-                 with_positions, with_liq_price,
-                 p_notional, p_upnl, p_im, p_mm, p_fee, p_roe, p_margin_balance, p_risk_ratio,
-                 p_liq_price, p_liquidate,
-                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
-                 a_available, a_transferable, a_total_equity, a_liquidate):
-    """Figures of SPEC §2–4 for the positions of `wallets` and for those wallets.
+def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolated, isolated_units,
+                  symbol_unit, face_mark, direction, taker, mm_fraction,
+                  tier_start, tier_floor, tier_mmr, tier_cum, with_positions,
+                  p_notional, p_upnl, p_im, p_mm, p_fee, p_roe, p_margin_balance, p_risk_ratio, p_liquidate):
+    """Per-position figures (SPEC §2) and isolated checks (§3) for every row, or for `rows`.
 
-    p_liquidate and every a_* are always written; the other p_* only when with_positions
-    (p_liq_price when with_liq_price). Cross positions get NaN margin_balance/risk_ratio.
+    Division-free: the symbol's face·P (face/P inverse) comes per tick in face_mark, the
+    position's face·E (face/E) and 1/leverage from the book. p_upnl, p_im, p_mm, p_fee and
+    p_liquidate are always written (the wallet pass sums them); the rest when with_positions.
+    A cross row's p_liquidate is set by wallet_pass.
     """
+    n = len(qty) if all_rows else len(rows)
+    for j in prange(n):
+        i = np.int64(j) if all_rows else rows[j]
+        s = symbol[i]
+        q = qty[i]
+        notional = abs(q) * face_mark[s]
+        upnl = direction[s] * q * (face_mark[s] - entry_unit[i])
+        im = notional * inv_leverage[i]
+        k = tier_of(notional, tier_start[s], tier_start[s + 1], tier_floor)
+        rate, cum = mm_rate(k, inv_leverage[i], mm_fraction[s], tier_mmr, tier_cum)
+        mm = notional * rate - cum
+        fee = notional * taker[s]
+        if q == 0.0:  # flat: zeros, even where the symbol has no mark (NaN)
+            notional = 0.0
+            upnl = 0.0
+            im = 0.0
+            mm = 0.0
+            fee = 0.0
+        p_upnl[i] = upnl
+        p_im[i] = im
+        p_mm[i] = mm
+        p_fee[i] = fee
+        liquidate = False
+        if isolated[i]:
+            margin_balance = isolated_units[i] * symbol_unit[s] + upnl
+            liquidate = q != 0.0 and margin_balance - fee <= mm
+            if with_positions:
+                p_margin_balance[i] = margin_balance
+                if q == 0.0:
+                    p_risk_ratio[i] = 0.0
+                elif margin_balance <= 0.0:
+                    p_risk_ratio[i] = np.inf
+                else:
+                    p_risk_ratio[i] = (mm + fee) / margin_balance
+        elif with_positions:
+            p_margin_balance[i] = np.nan
+            p_risk_ratio[i] = np.nan
+        p_liquidate[i] = liquidate
+        if with_positions:
+            p_notional[i] = notional
+            p_roe[i] = 0.0 if q == 0.0 else upnl / (abs(q) * entry_unit[i] * inv_leverage[i])
+
+
+@njit(**JIT_PARALLEL)
+def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
+                symbol, qty, entry, leverage, isolated, isolated_units,
+                inverse, face, taker, mm_fraction, symbol_unit,
+                tier_start, tier_floor, tier_mmr, tier_cum, mark,
+                p_upnl, p_im, p_mm, p_fee, with_liq_price, p_liq_price, p_liquidate,
+                a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
+                a_available, a_transferable, a_total_equity, a_liquidate):
+    """Account figures (SPEC §3) of `wallets` from the position pass, cross flags onto their
+    positions, and liquidation prices (§4). Each thread owns whole wallets: segmented sums."""
     for j in prange(len(wallets)):
         w = wallets[j]
         start, end = pos_start[w], pos_start[w + 1]
-        balance = balance_units[w] * wallet_unit[w]
         upnl_sum = 0.0
         mm_sum = 0.0
         im_sum = 0.0
@@ -176,40 +239,15 @@ def scan_wallets(wallets, pos_start, balance_units, wallet_unit, order_margin,
         iso_equity = 0.0
         has_cross = False
         for i in range(start, end):
-            s = symbol[i]
-            q = qty[i]
-            notional, upnl, im, mm, fee = position_figures(
-                q, entry[i], leverage[i], mark[s], inverse[s], face[s], taker[s], mm_fraction[s],
-                tier_start[s], tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
             if isolated[i]:
-                margin_balance = isolated_units[i] * symbol_unit[s] + upnl
-                iso_equity += margin_balance
-                p_liquidate[i] = q != 0.0 and margin_balance - fee <= mm
-                if with_positions:
-                    p_margin_balance[i] = margin_balance
-                    if q == 0.0:
-                        p_risk_ratio[i] = 0.0
-                    elif margin_balance <= 0.0:
-                        p_risk_ratio[i] = np.inf
-                    else:
-                        p_risk_ratio[i] = (mm + fee) / margin_balance
+                iso_equity += isolated_units[i] * symbol_unit[symbol[i]] + p_upnl[i]
             else:
-                upnl_sum += upnl
-                mm_sum += mm
-                im_sum += im
-                fee_sum += fee
-                has_cross = has_cross or q != 0.0
-                if with_positions:
-                    p_margin_balance[i] = np.nan
-                    p_risk_ratio[i] = np.nan
-            if with_positions:
-                p_notional[i] = notional
-                p_upnl[i] = upnl
-                p_im[i] = im
-                p_mm[i] = mm
-                p_fee[i] = fee
-                p_roe[i] = 0.0 if q == 0.0 else upnl / entry_margin(q, entry[i], leverage[i], inverse[s], face[s])
-
+                upnl_sum += p_upnl[i]
+                mm_sum += p_mm[i]
+                im_sum += p_im[i]
+                fee_sum += p_fee[i]
+                has_cross = has_cross or qty[i] != 0.0
+        balance = balance_units[w] * wallet_unit[w]
         equity = balance + upnl_sum
         liquidate = has_cross and equity - fee_sum <= mm_sum
         om = order_margin[w]
@@ -232,7 +270,22 @@ def scan_wallets(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 p_liquidate[i] = liquidate and qty[i] != 0.0
 
         if with_liq_price:
-            cross_cushion = equity - mm_sum - fee_sum
+            # A cross group's cushion is balance + Σ_other symbols(upnl − mm − fee), summed as
+            # prefix + suffix of the other groups: subtracting the group from the wallet total
+            # would cancel catastrophically when the group dominates the wallet.
+            # Reverse pass: the suffix of each group, parked in its first row's p_liq_price.
+            suffix = 0.0
+            g1 = end
+            while g1 > start:
+                g0 = g1 - 1
+                while g0 > start and symbol[g0 - 1] == symbol[g1 - 1]:
+                    g0 -= 1
+                p_liq_price[g0] = suffix
+                if not isolated[g0]:
+                    for i in range(g0, g1):
+                        suffix += p_upnl[i] - p_mm[i] - p_fee[i]
+                g1 = g0
+            prefix = 0.0
             g0 = start
             while g0 < end:  # groups: the rows of one symbol (hedge legs are adjacent)
                 s = symbol[g0]
@@ -249,16 +302,10 @@ def scan_wallets(wallets, pos_start, balance_units, wallet_unit, order_margin,
                                               t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
                         p_liq_price[i] = price
                 else:
-                    # cushion from everything else in the wallet: balance + Σ_other symbols(upnl − mm − fee)
-                    own = 0.0
+                    cushion = balance + prefix + p_liq_price[g0]
+                    price = liq_price(cushion, g0, g1, qty, entry, leverage, inverse[s], face[s], taker[s],
+                                      mm_fraction[s], t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
                     for i in range(g0, g1):
-                        _, upnl, _, mm, fee = position_figures(
-                            qty[i], entry[i], leverage[i], mark[s], inverse[s], face[s], taker[s],
-                            mm_fraction[s], t0, t1, tier_floor, tier_mmr, tier_cum)
-                        own += upnl - mm - fee
-                    price = liq_price(cross_cushion - own, g0, g1, qty, entry, leverage, inverse[s],
-                                      face[s], taker[s], mm_fraction[s], t0, t1, tier_floor, tier_mmr,
-                                      tier_cum, mark[s])
-                    for i in range(g0, g1):
+                        prefix += p_upnl[i] - p_mm[i] - p_fee[i]
                         p_liq_price[i] = price if qty[i] != 0.0 else np.nan
                 g0 = g1

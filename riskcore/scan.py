@@ -1,4 +1,4 @@
-"""The full scan (SPEC §2–4): public entry point around kernels.scan_wallets."""
+"""The full scan (SPEC §2–4): public entry point around the kernels' two passes."""
 
 import time
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow as pa
 
 from .book import MODES, SIDES, Book
-from .kernels import scan_wallets
+from .kernels import position_pass, wallet_pass
 
 POSITION_FIGURES = ("notional", "upnl", "im", "mm", "fee", "roe", "margin_balance", "risk_ratio", "liq_price")
 ACCOUNT_FIGURES = ("equity", "cross_mm", "cross_im", "cross_fee", "risk_ratio", "available_balance",
@@ -23,31 +23,33 @@ class ScanArrays:
     accounts: dict[str, np.ndarray]
 
     @classmethod
-    def empty(cls, n_positions: int, n_wallets: int, with_positions: bool = True):
-        n = n_positions if with_positions else 0
-        pos = {name: np.empty(n) for name in POSITION_FIGURES}
+    def empty(cls, n_positions: int, n_wallets: int):
+        pos = {name: np.empty(n_positions) for name in POSITION_FIGURES}
         pos["liquidate"] = np.zeros(n_positions, dtype=bool)
         acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES}
         acct["liquidate"] = np.zeros(n_wallets, dtype=bool)
         return cls(pos, acct)
 
 
-def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, wallets: np.ndarray | None = None,
-              with_positions: bool = True, with_liq_price: bool = True) -> None:
-    """Run the kernel over `wallets` (all by default) writing into `out`."""
+def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: bool = True,
+              with_liq_price: bool = True) -> None:
+    """Run both kernel passes over the whole book at `mark`, writing into `out`."""
     inst, wal, pos = book.instruments, book.wallets, book.positions
-    if wallets is None:
-        wallets = np.arange(len(wal), dtype=np.int64)
     p, a = out.positions, out.accounts
-    scan_wallets(wallets, wal.pos_start, wal.balance, book.wallet_unit, wal.order_margin,
-                 pos.symbol, pos.qty, pos.entry_price, pos.leverage, pos.isolated, pos.isolated_margin,
-                 inst.inverse, inst.face_value, inst.taker_fee_rate, inst.mm_im_fraction, book.symbol_unit,
-                 inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, mark,
-                 with_positions, with_positions and with_liq_price,
-                 p["notional"], p["upnl"], p["im"], p["mm"], p["fee"], p["roe"], p["margin_balance"],
-                 p["risk_ratio"], p["liq_price"], p["liquidate"],
-                 a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
-                 a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"])
+    face_mark, direction = book.face_mark(mark)
+    position_pass(np.empty(0, np.int64), True, pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage,
+                  pos.isolated, pos.isolated_margin, book.symbol_unit, face_mark, direction,
+                  inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
+                  inst.tier_cum, with_positions,
+                  p["notional"], p["upnl"], p["im"], p["mm"], p["fee"], p["roe"], p["margin_balance"],
+                  p["risk_ratio"], p["liquidate"])
+    wallet_pass(np.arange(len(wal), dtype=np.int64), wal.pos_start, wal.balance, book.wallet_unit,
+                wal.order_margin, pos.symbol, pos.qty, pos.entry_price, pos.leverage, pos.isolated,
+                pos.isolated_margin, inst.inverse, inst.face_value, inst.taker_fee_rate, inst.mm_im_fraction,
+                book.symbol_unit, inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, mark,
+                p["upnl"], p["im"], p["mm"], p["fee"], with_positions and with_liq_price, p["liq_price"],
+                p["liquidate"], a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
+                a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"])
 
 
 def _categorical(codes: np.ndarray, categories) -> pl.Series:
