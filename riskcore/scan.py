@@ -86,8 +86,10 @@ class ScanResult:
                   .agg(pl.len().alias("wallets"), pl.col("equity").sum(), pl.col("cross_mm").sum(),
                        pl.col("order_margin").sum(), pl.col("total_equity").sum(),
                        pl.col("liquidate").sum().alias("to_liquidate"))
-                  .sort("asset"))
-        lines.append("totals per settlement asset:")
+                  .sort("wallets", "asset", descending=[True, False]))
+        lines.append("totals per settlement asset" + (f" (the {top} with most wallets of {totals.height}):"
+                                                      if totals.height > top else ":"))
+        totals = totals.head(top)
         lines += [f"  {r['asset']:<5} wallets {r['wallets']:>9,}  equity {r['equity']:>20,.2f}  "
                   f"cross mm {r['cross_mm']:>18,.2f}  order margin {r['order_margin']:>16,.2f}  "
                   f"to liquidate {r['to_liquidate']:,}"
