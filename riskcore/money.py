@@ -18,10 +18,6 @@ from .errors import BookError
 _INT64_MAX = 2**63 - 1
 
 
-def units_to_float(units: np.ndarray, scale: np.ndarray | int) -> np.ndarray:
-    return units * (10.0 ** -np.asarray(scale, dtype=np.float64))
-
-
 def _round_decimal(x: float, scale: int) -> int:
     return int((Decimal(repr(x)).scaleb(scale)).to_integral_value(rounding=ROUND_HALF_EVEN))
 
