@@ -2,6 +2,7 @@
 rows at fault on bad input; never a traceback."""
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ def _cold_cache_notice() -> None:
     from . import config, kernels
     cache_dir = Path(kernels.__file__).parent / "__pycache__"
     if not config.CACHE or not any(cache_dir.glob("kernels.wallet_pass*.nbi")):
-        print("riskcore: compiling kernels (first run after install, about 10-20 s) ...", file=sys.stderr, flush=True)
+        print("riskcore: compiling kernels (first run after install, a few seconds) ...", file=sys.stderr, flush=True)
 
 
 def cmd_gen(args) -> None:
@@ -67,7 +68,7 @@ def cmd_demo(args) -> None:
     for r in near.iter_rows(named=True):
         print(f"  account {r['account_id']} {r['symbol']:<10} {r['position_side']:<5} {r['margin_mode']:<8} "
               f"qty {r['qty']:>14,.4f}  mark {r['mark_price']:>12,.6g}  liq {r['liq_price']:>12,.6g}  "
-              f"({r['distance']:.3%})")
+              f"({r['distance']:.4%})")
     print("stress scenarios (full re-scans at shocked marks):")
     base_acc, base_iso = _liquidating(result)
     btc = np.isin(book.instruments.symbol, ["BTCUSDT", "BTCUSD"])
@@ -129,6 +130,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("riskcore: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: still one line for the user; RISKCORE_DEBUG=1 shows the traceback
+        if os.environ.get("RISKCORE_DEBUG"):
+            raise
+        print(f"riskcore: internal error: {type(e).__name__}: {e} (RISKCORE_DEBUG=1 for details)", file=sys.stderr)
+        return 1
     return 0
 
 
