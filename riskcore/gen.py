@@ -6,15 +6,11 @@ tier tables, resting orders, and balances drawn so that a small share of account
 isolated positions sit at or past their maintenance margin.
 """
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 
 from .book import Book
 from .errors import BookError
-from .io import write_parquet
-from .money import to_units, units_to_decimal
 from .scan import ScanArrays, scan_into
 
 MAJORS = {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15,
@@ -185,17 +181,28 @@ def _round_sig(x: np.ndarray, digits: int = 8) -> np.ndarray:
     return np.round(x * scale) / scale
 
 
-MONEY_COLUMNS = {"accounts": "balance", "positions": "isolated_margin"}
-
-
-def write_book(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = 8) -> None:
-    """Write tables as BOOK/NAME.parquet, money as exact decimal(38, scale) (SPEC §7)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, df in tables.items():
-        table = df.to_arrow()
-        money = MONEY_COLUMNS.get(name)
-        if money is not None:
-            units = to_units(df[money], scale, name)
-            table = table.set_column(table.schema.get_field_index(money), money, units_to_decimal(units, scale))
-        write_parquet(table, out / f"{name}.parquet")
+def generate_requests(tables: dict[str, pl.DataFrame], n: int, seed: int = 0) -> pl.DataFrame:
+    """A realistic batch of margin requests (SPEC §5) against a generated book: mostly margin
+    top-ups and removals on isolated positions, leverage changes, transfers, a few mode
+    switches and a sprinkling of malformed requests."""
+    rng = np.random.default_rng(seed)
+    pos, acc = tables["positions"], tables["accounts"]
+    p = rng.integers(0, pos.height, n)
+    a = rng.integers(0, acc.height, n)
+    op = rng.choice(["add_margin", "remove_margin", "set_leverage", "transfer_in", "transfer_out",
+                     "set_margin_mode", "bogus"], n, p=[0.3, 0.15, 0.2, 0.15, 0.15, 0.04, 0.01])
+    transfer = np.char.startswith(op.astype(str), "transfer")
+    leverage = rng.choice(LEVERAGES, n)
+    amount = np.round(np.exp(rng.normal(3.0, 2.0, n)), 2)
+    return pl.DataFrame({
+        "request_id": np.arange(n, dtype=np.int64),
+        "account_id": np.where(transfer, acc["account_id"].to_numpy()[a], pos["account_id"].to_numpy()[p]),
+        "symbol": pl.Series(np.where(transfer, None, pos["symbol"].cast(pl.String).to_numpy()[p]).tolist(),
+                            dtype=pl.String),
+        "position_side": pos["position_side"].cast(pl.String).to_numpy()[p],
+        "op": op,
+        "value": np.where(op == "set_leverage", leverage, amount),
+        "mode": pl.Series(np.where(op == "set_margin_mode", rng.choice(["cross", "isolated"], n), None).tolist(),
+                          dtype=pl.String),
+        "asset": pl.Series(np.where(transfer, acc["asset"].to_numpy()[a], None).tolist(), dtype=pl.String),
+    })

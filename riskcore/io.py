@@ -1,17 +1,22 @@
 """Parquet in and out. A BOOK/ directory holds NAME.parquet or a folder NAME/ of Parquet parts."""
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .book import Book
+from .book import MODES, SIDES, Book
+from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
+from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
 OPTIONAL = ("orders", "marks")
+MONEY_COLUMNS = {"accounts": "balance", "positions": "isolated_margin"}
 
 
 def table_path(book_dir: Path, name: str) -> Path | None:
@@ -60,3 +65,74 @@ def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
     table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def book_tables(book: Book) -> dict[str, pl.DataFrame]:
+    """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit)."""
+    inst, wal, pos, ords = book.instruments, book.wallets, book.positions, book.orders
+    symbols = np.array(inst.symbol, dtype=object)
+    assets = np.array(book.assets, dtype=object)
+    scale = int(book.asset_scale.max()) if len(book.asset_scale) else DEFAULT_MONEY_SCALE
+
+    def money(units, asset_ids):  # one decimal scale per column: the largest asset scale
+        return pl.from_arrow(units_to_decimal(units * 10 ** (scale - book.asset_scale[asset_ids]), scale))
+
+    tier_symbol = np.repeat(np.arange(len(inst)), np.diff(inst.tier_start))
+    given = np.isfinite(inst.tier_max_leverage)  # drops the open tier of untiered fraction instruments
+    held = ~np.isnan(book.mark)
+    return dict(
+        instruments=pl.DataFrame({
+            "symbol": inst.symbol, "contract_type": np.where(inst.inverse, "inverse", "linear"),
+            "settle_asset": assets[inst.settle_asset].tolist(), "face_value": inst.face_value,
+            "taker_fee_rate": inst.taker_fee_rate, "liquidation_fee_rate": inst.liquidation_fee_rate,
+            "mm_im_fraction": pl.Series(inst.mm_im_fraction, nan_to_null=True)}),
+        risk_tiers=pl.DataFrame({
+            "symbol": symbols[tier_symbol[given]].tolist(), "notional_floor": inst.tier_floor[given],
+            "mmr": inst.tier_mmr[given], "max_leverage": inst.tier_max_leverage[given],
+            "maintenance_amount": inst.tier_cum[given]}),
+        accounts=pl.DataFrame({"account_id": wal.account_id, "asset": assets[wal.asset].tolist(),
+                               "balance": money(wal.balance, wal.asset)}),
+        positions=pl.DataFrame({
+            "account_id": wal.account_id[pos.wallet],
+            "symbol": pl.Series(symbols[pos.symbol].tolist(), dtype=pl.Categorical),
+            "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side].tolist(), dtype=pl.Categorical),
+            "qty": pos.qty, "entry_price": pos.entry_price,
+            "margin_mode": pl.Series(np.array(MODES, dtype=object)[pos.isolated.astype(int)].tolist(),
+                                     dtype=pl.Categorical),
+            "leverage": pos.leverage,
+            "isolated_margin": money(pos.isolated_margin, inst.settle_asset[pos.symbol])}),
+        orders=pl.DataFrame({
+            "account_id": wal.account_id[ords.wallet], "symbol": symbols[ords.symbol].tolist(),
+            "qty": ords.qty, "price": ords.price, "leverage": ords.leverage,
+            "margin_mode": np.array(MODES, dtype=object)[ords.isolated.astype(int)].tolist()},
+            schema_overrides={"symbol": pl.String, "margin_mode": pl.String}),
+        marks=pl.DataFrame({"symbol": symbols[held].tolist(), "mark_price": book.mark[held],
+                            "funding_rate": pl.Series(book.funding_rate[held], nan_to_null=True)}),
+    )
+
+
+def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
+    """Write tables as OUT/NAME.parquet, money as exact decimal (SPEC §7), all or nothing:
+    the files go to a temporary folder renamed into place at the end."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, df in tables.items():
+            table = df.to_arrow()
+            money = MONEY_COLUMNS.get(name)
+            if money is not None and not isinstance(df[money].dtype, pl.Decimal):
+                table = table.set_column(table.schema.get_field_index(money), money,
+                                         units_to_decimal(to_units(df[money], scale, name), scale))
+            pq.write_table(table, tmp / f"{name}.parquet")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

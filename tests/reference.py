@@ -13,18 +13,23 @@ INF = D("Infinity")
 
 def money(x, scale=8) -> Decimal:
     """SPEC §7: a float amount means the decimal it prints as, rounded half-even to the scale."""
-    return D(repr(float(x))).quantize(D(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
+    exact = x if isinstance(x, Decimal) else D(repr(float(x)))
+    return exact.quantize(D(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
+
+
+def rows(table):
+    return table if isinstance(table, list) else list(table.iter_rows(named=True))
 
 
 def _tiers(risk_tiers):
     by_symbol = defaultdict(list)
-    for r in risk_tiers.iter_rows(named=True):
+    for r in rows(risk_tiers):
         by_symbol[r["symbol"]].append(r)
     tiers = {}
-    for sym, rows in by_symbol.items():
-        rows.sort(key=lambda r: r["notional_floor"])
+    for sym, tier_rows in by_symbol.items():
+        tier_rows.sort(key=lambda r: r["notional_floor"])
         out, cum, prev_mmr = [], D(0), None
-        for i, r in enumerate(rows):
+        for i, r in enumerate(tier_rows):
             floor, mmr = D(r["notional_floor"]), D(r["mmr"])
             if r.get("maintenance_amount") is not None:
                 cum = D(r["maintenance_amount"])
@@ -32,7 +37,7 @@ def _tiers(risk_tiers):
                 cum = D(0)
             else:
                 cum = cum + floor * (mmr - prev_mmr)
-            out.append((floor, mmr, cum))
+            out.append((floor, mmr, cum, D(r["max_leverage"])))
             prev_mmr = mmr
         tiers[sym] = out
     return tiers
@@ -53,7 +58,7 @@ def position_figures(p, inst, tiers, mark):
         mm = D(inst["mm_im_fraction"]) * im
         mm_gross = D(0)
     else:
-        floor, mmr, cum = [t for t in tiers[p["symbol"]] if t[0] <= notional][-1]
+        floor, mmr, cum, _ = [t for t in tiers[p["symbol"]] if t[0] <= notional][-1]
         mm = notional * mmr - cum
         # mm may cancel (N·mmr − cum), and a notional one rounding step either side of a
         # floor may take the neighbouring tier: compare against the size of its terms
@@ -66,17 +71,17 @@ def reference_scan(instruments, risk_tiers, accounts, positions, orders=None, ma
     """({(account_id, symbol, side): figures}, {(account_id, asset): figures})."""
     with localcontext() as ctx:
         ctx.prec = 50
-        inst = {r["symbol"]: r for r in instruments.iter_rows(named=True)}
+        inst = {r["symbol"]: r for r in rows(instruments)}
         settle = {s: (r.get("settle_asset") or "USDT") for s, r in inst.items()}
         tiers = _tiers(risk_tiers)
-        mark = {r["symbol"]: r["mark_price"] for r in marks.iter_rows(named=True)}
+        mark = {r["symbol"]: r["mark_price"] for r in rows(marks)}
         wallets = {}
-        for r in accounts.iter_rows(named=True):
+        for r in rows(accounts):
             wallets[(r["account_id"], r.get("asset") or "USDT")] = dict(
                 balance=money(r["balance"]), upnl=D(0), mm=D(0), im=D(0), fee=D(0), iso=D(0), size=D(0),
                 order_margin=D(0), has_cross=False)
         pos_out = {}
-        for p in positions.iter_rows(named=True):
+        for p in rows(positions):
             side = p.get("position_side") or "both"
             w = wallets[(p["account_id"], settle[p["symbol"]])]
             fig = position_figures(p, inst[p["symbol"]], tiers, mark.get(p["symbol"]))
@@ -94,7 +99,7 @@ def reference_scan(instruments, risk_tiers, accounts, positions, orders=None, ma
                 w["has_cross"] |= p["qty"] != 0
                 fig["wallet"] = w
             pos_out[(p["account_id"], p["symbol"], side)] = fig
-        for o in (orders.iter_rows(named=True) if orders is not None else ()):
+        for o in (rows(orders) if orders is not None else ()):
             i = inst[o["symbol"]]
             q, f, price, L = D(o["qty"]), D(i["face_value"]), D(o["price"]), D(o["leverage"])
             value = 1 / price if i["contract_type"] == "inverse" else price

@@ -1,0 +1,275 @@
+"""Margin operations (SPEC §5, seed 004): a batch of requests applied in order to a book.
+
+The request table is checked and resolved to dense ids in Python (vectorised); a numba
+pass then applies the requests, each thread owning whole wallets and taking that wallet's
+requests in their batch order (requests of different wallets never interact). Every
+request gets one outcome; a rejected request changes nothing; money moves in exact units.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+from numba import njit, prange
+
+from .book import SIDES, Book
+from .config import JIT, JIT_PARALLEL
+from .errors import BookError
+from .kernels import tier_of
+from .money import to_units, units_to_decimal
+from .scan import ScanArrays, scan_into
+from .tables import as_frame, int_col, str_col
+
+OPS = ("add_margin", "remove_margin", "set_leverage", "set_margin_mode", "transfer_in", "transfer_out")
+ADD, REMOVE, LEVERAGE, MODE, TRANSFER_IN, TRANSFER_OUT = range(len(OPS))
+REASONS = ("", "unknown_op", "unknown_account", "unknown_symbol", "unknown_position", "bad_value",
+           "not_isolated", "flat_position", "insufficient_available", "insufficient_margin",
+           "would_liquidate", "leverage_above_tier_max", "open_position", "open_orders",
+           "insufficient_transferable")
+(OK, UNKNOWN_OP, UNKNOWN_ACCOUNT, UNKNOWN_SYMBOL, UNKNOWN_POSITION, BAD_VALUE, NOT_ISOLATED, FLAT,
+ SHORT_AVAILABLE, SHORT_MARGIN, WOULD_LIQUIDATE, ABOVE_TIER_MAX, OPEN_POSITION, OPEN_ORDERS,
+ SHORT_TRANSFERABLE) = range(len(REASONS))
+
+
+@njit(**JIT_PARALLEL)
+def apply_kernel(group_start, order, op, row, row_end, value, units, target_isolated, reason,
+                 wallet, balance, wallet_unit, order_margin, has_orders,
+                 symbol, qty, leverage, isolated, isolated_margin, symbol_unit,
+                 notional, upnl, im, mm, fee, mm_fraction, tier_start, tier_floor, tier_max_leverage,
+                 equity_upnl, cross_im, cross_mm,
+                 accepted, moved):
+    """Apply requests grouped by wallet (`order` lists request indices, wallet by wallet, in
+    batch order). Per-wallet state (balance, Σ cross upnl, cross im/mm) is updated as
+    requests are accepted, so each check sees every earlier request of its wallet."""
+    for g in prange(len(group_start) - 1):
+        for j in range(group_start[g], group_start[g + 1]):
+            r = order[j]
+            if reason[r] != 0:  # rejected while preparing the table
+                continue
+            w = wallet[r]
+            unit = wallet_unit[w]
+            equity = balance[w] * unit + equity_upnl[w]
+            om = order_margin[w]
+            available = max(0.0, equity - cross_im[w] - om)
+            transferable = max(0.0, min(balance[w] * unit, equity - cross_mm[w] - om))
+            p = row[r]
+            k = op[r]
+            amount = 0
+            code = 0
+            if k == TRANSFER_IN:
+                amount = units[r]
+                balance[w] += amount
+            elif k == TRANSFER_OUT:
+                if units[r] * unit > transferable:
+                    code = SHORT_TRANSFERABLE
+                else:
+                    amount = units[r]
+                    balance[w] -= amount
+            elif k == ADD:
+                if not isolated[p]:
+                    code = NOT_ISOLATED
+                elif qty[p] == 0.0:
+                    code = FLAT
+                elif units[r] * unit > available:
+                    code = SHORT_AVAILABLE
+                else:
+                    amount = units[r]
+                    balance[w] -= amount
+                    isolated_margin[p] += amount
+            elif k == REMOVE:
+                if not isolated[p]:
+                    code = NOT_ISOLATED
+                elif units[r] > isolated_margin[p]:
+                    code = SHORT_MARGIN
+                elif qty[p] != 0.0 and not (
+                        (isolated_margin[p] - units[r]) * symbol_unit[symbol[p]] + upnl[p] - fee[p] > mm[p]):
+                    code = WOULD_LIQUIDATE
+                else:
+                    amount = units[r]
+                    balance[w] += amount
+                    isolated_margin[p] -= amount
+            elif k == LEVERAGE:
+                s = symbol[p]
+                lev = value[r]
+                t = tier_of(notional[p], tier_start[s], tier_start[s + 1], tier_floor)
+                if lev > tier_max_leverage[t]:
+                    code = ABOVE_TIER_MAX
+                else:
+                    new_im = notional[p] / lev
+                    new_mm = mm[p]
+                    if mm_fraction[s] == mm_fraction[s]:  # fraction model: mm follows leverage
+                        new_mm = mm_fraction[s] * new_im
+                    if isolated[p]:
+                        # lowering leverage: top the margin up to N/L from the cross wallet (seed 004)
+                        have = isolated_margin[p] * symbol_unit[s] + upnl[p]
+                        if lev < leverage[p] and have < new_im:
+                            need = np.int64(np.ceil((new_im - have) / unit))
+                            if need * unit > available:
+                                code = SHORT_AVAILABLE
+                            else:
+                                amount = need
+                                balance[w] -= need
+                                isolated_margin[p] += need
+                    elif lev < leverage[p] and equity - (cross_im[w] - im[p] + new_im) - om < 0.0:
+                        code = SHORT_AVAILABLE
+                    if code == 0:
+                        if not isolated[p]:
+                            cross_im[w] += new_im - im[p]
+                            cross_mm[w] += new_mm - mm[p]
+                        im[p] = new_im
+                        mm[p] = new_mm
+                        leverage[p] = lev
+            elif k == MODE:
+                for i in range(p, row_end[r]):
+                    if qty[i] != 0.0:
+                        code = OPEN_POSITION
+                if code == 0 and has_orders[r]:
+                    code = OPEN_ORDERS
+                if code == 0:
+                    for i in range(p, row_end[r]):
+                        if isolated[i] and not target_isolated[r]:
+                            amount += isolated_margin[i]  # a flat row's leftover margin goes home
+                            balance[w] += isolated_margin[i]
+                            isolated_margin[i] = 0
+                        isolated[i] = target_isolated[r]
+            reason[r] = code
+            accepted[r] = code == 0
+            moved[r] = amount
+
+
+def _values(df: pl.DataFrame, table: str) -> np.ndarray:
+    """The value column as floats; NaN/inf/null stay (those requests are rejected, not raised)."""
+    if "value" not in df.columns:
+        return np.full(df.height, np.nan)
+    s = df["value"]
+    if not (s.dtype.is_numeric() or isinstance(s.dtype, pl.Decimal) or s.dtype == pl.Null):
+        raise BookError(table, "value", f"expected numbers, got {s.dtype}")
+    return s.cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+
+def _search(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.searchsorted with the needles sorted first: random probes into a 10M-row key
+    array miss cache on every step; sorted probes walk it in order (~10x faster)."""
+    order = np.argsort(keys, kind="stable")
+    at = np.empty(len(keys), dtype=np.int64)
+    at[order] = np.searchsorted(sorted_keys, keys[order])
+    return at
+
+
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Index of each key in sorted_keys, -1 where absent."""
+    if not len(sorted_keys):
+        return np.full(len(keys), -1, dtype=np.int64)
+    at = _search(sorted_keys, keys)
+    found = (at < len(sorted_keys)) & (sorted_keys[np.minimum(at, len(sorted_keys) - 1)] == keys)
+    return np.where(found, at, -1)
+
+
+def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book, pl.DataFrame]:
+    """Apply a request batch (SPEC §5) to a copy of `book`; returns (new book, outcomes).
+
+    A malformed table (missing columns, wrong types, duplicate request ids) raises BookError
+    and applies nothing. Malformed requests are rejected with a reason, not raised.
+    Outcomes, in request order: request_id, accepted, reason (null when accepted), asset,
+    amount (the money moved: the margin added, removed, pulled in by a leverage cut, or a
+    flat row's margin returned on a mode switch; 0 when nothing moved).
+    """
+    book.check_marks(book.mark)
+    df = as_frame(requests, table)
+    n = df.height
+    request_id = int_col(df, table, "request_id")
+    ids = np.sort(request_id)
+    if n and np.any(ids[1:] == ids[:-1]):
+        dup = np.flatnonzero(np.isin(request_id, ids[1:][ids[1:] == ids[:-1]]))
+        raise BookError(table, "request_id", "request_id listed twice", dup)
+    account_id = int_col(df, table, "account_id")
+    op_text = str_col(df, table, "op").cast(pl.String).to_numpy()
+    value = _values(df, table)
+    symbol_text = str_col(df, table, "symbol", "").cast(pl.String).to_numpy() if "symbol" in df.columns \
+        else np.full(n, "", dtype=object)
+    side_text = str_col(df, table, "position_side", "both").cast(pl.String).to_numpy()
+    mode_text = str_col(df, table, "mode", "").cast(pl.String).to_numpy() if "mode" in df.columns \
+        else np.full(n, "", dtype=object)
+    asset_text = str_col(df, table, "asset", "USDT").cast(pl.String).to_numpy()
+
+    inst, wal, pos = book.instruments, book.wallets, book.positions
+    op = _codes(op_text, OPS)
+    reason = np.where(op < 0, UNKNOWN_OP, OK).astype(np.int8)
+    transfer = (op == TRANSFER_IN) | (op == TRANSFER_OUT)
+    sym = _codes(symbol_text, inst.symbol)
+    reason[(reason == OK) & ~transfer & (sym < 0)] = UNKNOWN_SYMBOL
+    asset = np.where(transfer, _codes(asset_text, book.assets),
+                     np.where(sym < 0, -1, inst.settle_asset[np.maximum(sym, 0)]))
+    w = _wallet_lookup(book, account_id, asset)
+    reason[(reason == OK) & ((w < 0) | (asset < 0))] = UNKNOWN_ACCOUNT
+    side = _codes(side_text, SIDES)
+    mode = _codes(mode_text, ("cross", "isolated"))
+    scale = book.asset_scale[np.maximum(asset, 0)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        money_op = (op == ADD) | (op == REMOVE) | transfer
+        in_range = np.isfinite(value) & (value > 0) & (value * 10.0 ** scale < 2.0**62)
+        units = to_units(pl.Series("value", np.where(money_op & in_range, value, 0.0)), scale, table)
+        bad_value = np.where(op == MODE, mode < 0, ~in_range)
+        bad_value |= (op == LEVERAGE) & ~(value >= 1)
+        bad_value |= money_op & (units <= 0)  # below one money unit
+    reason[(reason == OK) & bad_value] = BAD_VALUE
+
+    # position rows: (wallet, symbol, side) for position ops; the (wallet, symbol) range for modes
+    n_sym = len(inst)
+    pos_keys = (pos.wallet.astype(np.int64) * n_sym + pos.symbol) * len(SIDES) + pos.side
+    group = (np.maximum(w, 0).astype(np.int64) * n_sym + np.maximum(sym, 0)) * len(SIDES)
+    row = np.where(op == MODE, _search(pos_keys, group), _lookup(pos_keys, group + np.maximum(side, 0)))
+    row_end = np.where(op == MODE, _search(pos_keys, group + len(SIDES)), row + 1)
+    no_row = np.where(op == MODE, row_end <= row, (row < 0) | (side < 0))
+    reason[(reason == OK) & ~transfer & no_row] = UNKNOWN_POSITION
+    order_keys = np.sort(book.orders.wallet.astype(np.int64) * n_sym + book.orders.symbol)
+    has_orders = _lookup(order_keys, group // len(SIDES)) >= 0
+
+
+    out = ScanArrays.empty(len(pos), len(wal))
+    scan_into(book, book.mark, out, with_liq_price=False)
+    p, a = out.positions, out.accounts
+    balance, iso_margin = wal.balance.copy(), pos.isolated_margin.copy()
+    leverage, isolated = pos.leverage.copy(), pos.isolated.copy()
+    equity_upnl = a["equity"] - wal.balance * book.wallet_unit  # Σ cross upnl per wallet
+    by_wallet = np.argsort(np.where(w < 0, -1, w), kind="stable")
+    wallet_sorted = np.where(w < 0, -1, w)[by_wallet]
+    group_start = np.flatnonzero(np.r_[True, wallet_sorted[1:] != wallet_sorted[:-1], True]) if n else np.zeros(1, np.int64)
+    accepted = np.zeros(n, dtype=bool)
+    moved = np.zeros(n, dtype=np.int64)
+    apply_kernel(group_start.astype(np.int64), by_wallet.astype(np.int64), op.astype(np.int8),
+                 np.maximum(row, 0).astype(np.int64), row_end.astype(np.int64), value, units, mode == 1, reason,
+                 np.maximum(w, 0).astype(np.int64), balance, book.wallet_unit, wal.order_margin, has_orders,
+                 pos.symbol, pos.qty, leverage, isolated, iso_margin, book.symbol_unit,
+                 p["notional"], p["upnl"], p["im"].copy(), p["mm"].copy(), p["fee"], inst.mm_im_fraction,
+                 inst.tier_start, inst.tier_floor, inst.tier_max_leverage,
+                 equity_upnl, a["cross_im"].copy(), a["cross_mm"].copy(), accepted, moved)
+
+    # entry prices are untouched, so only 1/leverage is re-derived; nothing is shared with `book`
+    new = replace(book, wallets=replace(wal, balance=balance),
+                  positions=replace(pos, leverage=leverage, isolated=isolated, isolated_margin=iso_margin,
+                                    entry_unit=pos.entry_unit.copy(), inv_leverage=1.0 / leverage))
+    top = int(book.asset_scale.max()) if len(book.asset_scale) else 8
+    asset_names = np.array(book.assets + [None], dtype=object)
+    outcomes = pl.DataFrame({
+        "request_id": request_id, "accepted": accepted,
+        "reason": pl.Series(np.array(REASONS, dtype=object)[reason].tolist(), dtype=pl.String).replace("", None),
+        "asset": asset_names[np.where(asset < 0, -1, asset)].tolist(),
+        "amount": pl.from_arrow(units_to_decimal(moved * 10 ** (top - scale), top)),
+    }, schema_overrides={"asset": pl.String})
+    return new, outcomes
+
+
+def _codes(text: np.ndarray, categories) -> np.ndarray:
+    """Index of each text in categories, -1 where absent (malformed requests are rejected, not raised)."""
+    index = {c: i for i, c in enumerate(categories)}
+    return pl.Series(text, dtype=pl.String).replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
+
+
+def _wallet_lookup(book: Book, account_id: np.ndarray, asset: np.ndarray) -> np.ndarray:
+    wal = book.wallets
+    found = pl.DataFrame({"account_id": account_id, "asset": asset.astype(np.int32)}).join(
+        pl.DataFrame({"account_id": wal.account_id, "asset": wal.asset,
+                      "_w": np.arange(len(wal), dtype=np.int64)}),
+        on=["account_id", "asset"], how="left", maintain_order="left")["_w"]
+    return found.fill_null(-1).to_numpy()
