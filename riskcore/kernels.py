@@ -309,3 +309,17 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                         prefix += p_upnl[i] - p_mm[i] - p_fee[i]
                         p_liq_price[i] = price if qty[i] != 0.0 else np.nan
                 g0 = g1
+
+
+@njit(**JIT)
+def wallet_sums(wallets, pos_start, values, include):
+    """Σ values[i] over the rows of each wallet where include[i] (a segmented sum)."""
+    out = np.zeros(len(wallets))
+    for j in range(len(wallets)):
+        w = wallets[j]
+        total = 0.0
+        for i in range(pos_start[w], pos_start[w + 1]):
+            if include[i]:
+                total += values[i]
+        out[j] = total
+    return out

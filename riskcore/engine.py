@@ -1,0 +1,344 @@
+"""The tick engine (SPEC §6): holds a book, re-checks only what each mark update can change,
+reports liquidations edge-triggered, and optionally executes them (forced close, liquidation
+fee to the insurance fund, bankruptcy paid by the fund, auto-deleveraging when it cannot).
+
+Cost per tick grows with the positions of the changed symbols and the wallets holding them:
+indexes symbol → rows and symbol → wallets are built once, and the scan kernels run on just
+those rows and wallets, writing into the engine's figure buffers in place.
+"""
+
+from copy import deepcopy
+
+import numpy as np
+import polars as pl
+
+from .book import SIDES, Book
+from .errors import BookError
+from .money import to_units, units_to_decimal
+from .kernels import wallet_sums
+from .scan import ScanArrays, _categorical, scan_into
+from .tables import as_frame, codes, str_col
+
+EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_close", "adl_close",
+               "insurance_fund_shortfall")
+ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, LIQUIDATION_CLOSE, ADL_CLOSE, FUND_SHORTFALL = range(5)
+FULL_SCAN_SHARE = 0.3  # a tick touching more rows than this share of the book re-scans everything
+
+
+class TickError(BookError):
+    """A bad tick (unknown symbol, NaN or non-positive price, time going backwards): nothing applied."""
+
+
+class Engine:
+    """Stateful risk engine over a book.
+
+    `liquidate=True` executes forced closes as liquidations appear (the engine then owns a
+    copy of the book and mutates it). `insurance_fund` is a table (`asset`, `balance`), absent
+    = 0 in every asset. `liq_prices=True` keeps liquidation prices current too (slower ticks).
+    """
+
+    def __init__(self, book: Book, marks=None, *, liquidate: bool = False, insurance_fund=None,
+                 liq_prices: bool = False):
+        self.book = deepcopy(book) if liquidate else book
+        book = self.book
+        mark = book.mark if marks is None else book.read_marks(marks)[0]
+        book.check_marks(mark)
+        self.mark = mark.copy()
+        self.execute = liquidate
+        self.liq_prices = liq_prices
+        self.fund = self._read_fund(insurance_fund)
+        self.ts = None
+        pos, n_sym = book.positions, len(book.instruments)
+        by_symbol = np.argsort(pos.symbol, kind="stable")
+        self._sym_rows = by_symbol.astype(np.int64)
+        self._sym_row_start = np.searchsorted(pos.symbol[by_symbol], np.arange(n_sym + 1))
+        pairs = np.unique(pos.symbol.astype(np.int64) * len(book.wallets) + pos.wallet)
+        self._sym_wallets = (pairs % max(len(book.wallets), 1)).astype(np.int64)
+        self._sym_wallet_start = np.searchsorted(pairs // max(len(book.wallets), 1), np.arange(n_sym + 1))
+        self.out = ScanArrays.empty(len(pos), len(book.wallets))
+        self.order_cancelled = np.zeros(len(book.orders), dtype=bool)
+        self._events: list[dict] = []
+        scan_into(book, self.mark, self.out, with_liq_price=liq_prices)
+        # what is liquidatable at load is reported once, with no timestamp
+        self._report(np.arange(len(book.wallets)), np.flatnonzero(pos.isolated),
+                     np.zeros(len(book.wallets), bool), np.zeros(int(pos.isolated.sum()), bool))
+        if liquidate:
+            self._liquidate(None, None)
+
+    # -- ticks ---------------------------------------------------------------------------
+    def on_marks(self, symbols, prices, ts=None) -> int:
+        """Apply one tick; returns how many events it produced (see `events()`).
+
+        A bad tick raises TickError and changes nothing.
+        """
+        sym, price = self._check_tick(symbols, prices, ts)
+        self.mark[sym] = price
+        self.ts = ts if ts is not None else self.ts
+        rows, wallets = self._affected(sym)
+        n_before = len(self._events)
+        self._rescan(rows, wallets)
+        if self.execute:
+            self._liquidate(rows, wallets)
+        return len(self._events) - n_before
+
+    def _check_tick(self, symbols, prices, ts):
+        table = "tick" if ts is None else f"tick at {ts}"
+        symbols = pl.Series("symbol", list(symbols) if not isinstance(symbols, pl.Series) else symbols)
+        try:
+            sym = codes(symbols.cast(pl.String), self.book.instruments.symbol, table, "unknown symbol")
+        except BookError as e:
+            raise TickError(e.table, e.column, e.problem, e.rows) from None
+        price = np.asarray(prices, dtype=np.float64)
+        if len(price) != len(sym):
+            raise TickError(table, "mark_price", "one price per symbol expected")
+        bad = np.flatnonzero(~(np.isfinite(price) & (price > 0)))
+        if len(bad):
+            raise TickError(table, "mark_price", "price must be finite and positive", bad)
+        if len(np.unique(sym)) != len(sym):
+            raise TickError(table, "symbol", "symbol twice in one tick")
+        if ts is not None and self.ts is not None and ts < self.ts:
+            raise TickError(table, "ts", f"time goes backwards (last tick at {self.ts})")
+        return sym, price
+
+    def _affected(self, sym):
+        """Rows of the changed symbols and the wallets holding them (None, None: everything)."""
+        lo, hi = self._sym_row_start[sym], self._sym_row_start[sym + 1]
+        if (hi - lo).sum() > FULL_SCAN_SHARE * len(self.book.positions):
+            return None, None
+        rows = np.concatenate([self._sym_rows[a:b] for a, b in zip(lo, hi)]) if len(sym) > 1 \
+            else self._sym_rows[lo[0]:hi[0]]
+        wlo, whi = self._sym_wallet_start[sym], self._sym_wallet_start[sym + 1]
+        wallets = np.unique(np.concatenate([self._sym_wallets[a:b] for a, b in zip(wlo, whi)])) if len(sym) > 1 \
+            else self._sym_wallets[wlo[0]:whi[0]]
+        return rows, wallets
+
+    def _rescan(self, rows, wallets):
+        p, a = self.out.positions, self.out.accounts
+        all_wallets = np.arange(len(self.book.wallets)) if wallets is None else wallets
+        iso_rows = np.flatnonzero(self.book.positions.isolated) if rows is None else rows[self.book.positions.isolated[rows]]
+        old_acct = a["liquidate"][all_wallets].copy()
+        old_pos = p["liquidate"][iso_rows].copy()
+        scan_into(self.book, self.mark, self.out, with_liq_price=self.liq_prices, rows=rows, wallets=wallets)
+        self._report(all_wallets, iso_rows, old_acct, old_pos)
+
+    def _report(self, wallets, iso_rows, old_acct, old_pos):
+        """Events for what became liquidatable (edge-triggered: again only after recovery)."""
+        a, p = self.out.accounts, self.out.positions
+        for w in wallets[a["liquidate"][wallets] & ~old_acct]:
+            self._event(ACCOUNT_LIQUIDATABLE, w, -1, price=np.nan,
+                        equity=a["equity"][w], mm=a["cross_mm"][w], risk_ratio=a["risk_ratio"][w])
+        for i in iso_rows[p["liquidate"][iso_rows] & ~old_pos]:
+            self._event(POSITION_LIQUIDATABLE, self.book.positions.wallet[i], i,
+                        qty=self.book.positions.qty[i], price=self.mark[self.book.positions.symbol[i]],
+                        equity=p["margin_balance"][i], mm=p["mm"][i], risk_ratio=p["risk_ratio"][i])
+
+    def _event(self, kind, wallet, row, qty=np.nan, price=np.nan, realized=0, fund=0, equity=np.nan,
+               mm=np.nan, risk_ratio=np.nan):
+        self._events.append(dict(ts=self.ts, kind=kind, wallet=int(wallet), row=int(row), qty=qty, price=price,
+                                 realized=int(realized), fund=int(fund), equity=equity, mm=mm,
+                                 risk_ratio=risk_ratio))
+
+    # -- forced liquidation ---------------------------------------------------------------
+    def _liquidate(self, rows, wallets, max_rounds: int = 20):
+        """Close every liquidatable cross wallet and isolated position among those just
+        re-checked, re-check what the closes touched (ADL counterparties included), and
+        repeat while that makes new liquidations."""
+        book, p, a = self.book, self.out.positions, self.out.accounts
+        pos = book.positions
+        wallets = np.arange(len(book.wallets)) if wallets is None else wallets
+        rows = np.arange(len(pos)) if rows is None else rows
+        for _ in range(max_rounds):
+            touched: set[int] = set()
+            for i in rows[pos.isolated[rows] & p["liquidate"][rows] & (pos.qty[rows] != 0)]:
+                touched |= self._close(np.array([i]), pos.wallet[i], isolated=True)
+            for w in wallets[a["liquidate"][wallets]]:
+                start, end = book.wallets.pos_start[w], book.wallets.pos_start[w + 1]
+                cross = np.arange(start, end)[~pos.isolated[start:end] & (pos.qty[start:end] != 0)]
+                if len(cross):
+                    touched |= self._close(cross, w, isolated=False)
+            if not touched:
+                return
+            rows = np.array(sorted(touched), dtype=np.int64)
+            wallets = np.unique(pos.wallet[rows]).astype(np.int64)
+            self._rescan(rows, wallets)
+
+    def _close(self, rows, w, isolated: bool) -> set[int]:
+        """Close `rows` (one isolated position, or a wallet's cross positions) at the mark.
+
+        Money in exact units: realized PnL rounded down (against the account), the
+        liquidation fee rounded up and capped at what is left; a deficit is paid by the fund,
+        or, when the fund cannot, the positions are closed against opposite positions (ADL)
+        at their bankruptcy prices so that the account ends at exactly zero.
+        """
+        book, p = self.book, self.out.positions
+        pos, inst = book.positions, book.instruments
+        s_of = pos.symbol[rows]
+        asset = inst.settle_asset[s_of[0]]
+        unit = book.symbol_unit[s_of[0]]
+        upnl, notional = self._value(rows)  # from current quantities: an ADL may have cut them
+        if not np.all(np.abs(upnl / unit) < 2.0**62) or not np.all(np.abs(notional / unit) < 2.0**62):
+            raise BookError("engine", "realized_pnl", "a close's PnL exceeds 64-bit fixed point money")
+        realized = np.floor(upnl / unit).astype(np.int64)
+        fee = np.ceil(inst.liquidation_fee_rate[s_of] * notional / unit).astype(np.int64)
+        self._cancel_orders(w, s_of[0] if isolated else None)
+        start = pos.isolated_margin[rows[0]] if isolated else book.wallets.balance[w]
+        left = start + realized.sum()
+        touched = set(rows.tolist())
+        if left >= 0 or self.fund[asset] >= -left:
+            fee_paid = min(int(fee.sum()), max(int(left), 0))
+            fund_delta = fee_paid if left >= 0 else int(left)  # a deficit is paid by the fund
+            self.fund[asset] += fund_delta
+            remaining = max(int(left), 0) - fee_paid
+            shares = _spread(fund_delta, fee if left >= 0 else np.ones(len(rows), np.int64))
+            for i, r, f in zip(rows, realized, shares):
+                self._event(LIQUIDATION_CLOSE, w, i, qty=-pos.qty[i], price=self.mark[pos.symbol[i]],
+                            realized=r, fund=f)
+        else:  # bankrupt and the fund cannot pay: auto-deleverage at bankruptcy prices
+            deficit = int(-left)
+            share = _spread(deficit, np.maximum(np.rint(notional / unit), 1).astype(np.int64))
+            remaining = 0
+            for i, r, u in zip(rows, realized, share):
+                bankruptcy = self._bankruptcy_price(i, (r + u) * unit)
+                self._event(LIQUIDATION_CLOSE, w, i, qty=-pos.qty[i], price=bankruptcy, realized=r + u)
+                unmatched = self._adl(i, bankruptcy, touched)
+                if unmatched:  # not enough opposite positions: the fund covers the rest, even below 0
+                    cover = int(np.ceil(u * unmatched / abs(pos.qty[i])))
+                    self.fund[asset] -= cover
+                    self._event(FUND_SHORTFALL, w, i, qty=unmatched, price=bankruptcy, realized=-cover, fund=-cover)
+        if isolated:
+            pos.isolated_margin[rows[0]] = 0
+            book.wallets.balance[w] += remaining
+        else:
+            book.wallets.balance[w] = remaining
+        pos.qty[rows] = 0.0
+        return touched
+
+    def _value(self, rows):
+        """(upnl, notional) of rows at the current marks and quantities."""
+        pos, inst = self.book.positions, self.book.instruments
+        s = pos.symbol[rows]
+        face_mark, direction = self.book.face_mark(self.mark)
+        q = pos.qty[rows]
+        return direction[s] * q * (face_mark[s] - pos.entry_unit[rows]), np.abs(q) * face_mark[s]
+
+    def _bankruptcy_price(self, i, realized):
+        """The price at which position i's realized PnL equals `realized` (linear in P or 1/P)."""
+        pos, inst = self.book.positions, self.book.instruments
+        s = pos.symbol[i]
+        qf = pos.qty[i] * inst.face_value[s]
+        if inst.inverse[s]:
+            inv = 1.0 / pos.entry_price[i] - realized / qf
+            return 1.0 / inv if inv > 0 else np.inf
+        return pos.entry_price[i] + realized / qf
+
+    def _adl(self, i, price, touched) -> float:
+        """Close position i's quantity against opposite positions of its symbol, best ADL rank
+        first (BitMEX: pnl% × effective leverage when in profit, pnl% / effective leverage
+        otherwise), at `price`. Returns the quantity left unmatched."""
+        book, p, a = self.book, self.out.positions, self.out.accounts
+        pos, inst = book.positions, book.instruments
+        s = pos.symbol[i]
+        rows = self._sym_rows[self._sym_row_start[s]:self._sym_row_start[s + 1]]
+        rows = rows[(pos.qty[rows] * pos.qty[i] < 0) & (pos.wallet[rows] != pos.wallet[i])]
+        need = abs(pos.qty[i])
+        if len(rows) and need > 0:
+            pnl_pct = p["upnl"][rows] / (np.abs(pos.qty[rows]) * pos.entry_unit[rows])
+            wal = pos.wallet[rows].astype(np.int64)
+            # a cross position's margin is its notional share of the account's equity
+            cross_notional = wallet_sums(wal, book.wallets.pos_start, p["notional"], ~pos.isolated)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                margin = np.where(pos.isolated[rows], p["margin_balance"][rows],
+                                  a["equity"][wal] * p["notional"][rows] / cross_notional)
+                eff = np.where(margin > 0, p["notional"][rows] / margin, np.inf)
+                rank = np.where(pnl_pct > 0, pnl_pct * eff, pnl_pct / eff)
+            for c in rows[np.argsort(-rank, kind="stable")]:
+                take = min(need, abs(pos.qty[c]))
+                closed = np.copysign(take, pos.qty[c])
+                face = inst.face_value[s]
+                gain = closed * face * ((1.0 / pos.entry_price[c] - 1.0 / price) if inst.inverse[s]
+                                        else (price - pos.entry_price[c]))
+                r = int(np.floor(gain / book.symbol_unit[s]))
+                if pos.isolated[c]:
+                    pos.isolated_margin[c] += r
+                else:
+                    book.wallets.balance[pos.wallet[c]] += r
+                pos.qty[c] -= closed
+                touched.add(int(c))
+                self._event(ADL_CLOSE, pos.wallet[c], c, qty=-closed, price=price, realized=r)
+                need -= take
+                if need <= 0:
+                    break
+        return need
+
+    def _cancel_orders(self, w, symbol):
+        """Resting orders are cancelled before a forced close (the wallet's, or the symbol's)."""
+        ords = self.book.orders
+        lo, hi = np.searchsorted(ords.wallet, [w, w + 1])  # orders are sorted by wallet
+        if hi > lo:
+            in_wallet = np.arange(lo, hi)
+            if symbol is not None:
+                in_wallet = in_wallet[ords.symbol[lo:hi] == symbol]
+            self.order_cancelled[in_wallet] = True
+            live = np.arange(lo, hi)[~self.order_cancelled[lo:hi]]
+            inst = self.book.instruments
+            s = ords.symbol[live]
+            value = np.where(inst.inverse[s], 1.0 / ords.price[live], ords.price[live])
+            self.book.wallets.order_margin[w] = float(np.sum(np.abs(ords.qty[live]) * inst.face_value[s]
+                                                             * value / ords.leverage[live]))
+
+    # -- state out ------------------------------------------------------------------------
+    def _read_fund(self, table) -> np.ndarray:
+        fund = np.zeros(len(self.book.assets), dtype=np.int64)
+        if table is not None:
+            df = as_frame(table, "insurance_fund")
+            asset = codes(str_col(df, "insurance_fund", "asset"), self.book.assets, "insurance_fund", "unknown asset")
+            fund[asset] = to_units(df["balance"], self.book.asset_scale[asset], "insurance_fund")
+        return fund
+
+    def events(self) -> pl.DataFrame:
+        """Every event so far (SPEC §6 columns), money as exact decimals of the asset."""
+        book, ev = self.book, self._events
+        wal = np.array([e["wallet"] for e in ev], dtype=np.int64)
+        row = np.array([e["row"] for e in ev], dtype=np.int64)
+        has_row = row >= 0
+        r = np.where(has_row, row, 0)
+        asset = book.wallets.asset[wal] if len(ev) else np.zeros(0, np.int32)
+        scale = int(book.asset_scale.max()) if len(book.asset_scale) else 8
+        shift = 10 ** (scale - book.asset_scale[asset]) if len(ev) else np.zeros(0, np.int64)
+
+        def money(key):
+            return pl.from_arrow(units_to_decimal(np.array([e[key] for e in ev], dtype=np.int64) * shift, scale))
+
+        symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
+        sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
+        return pl.DataFrame({
+            "ts": pl.Series([e["ts"] for e in ev]),
+            "kind": _categorical(np.array([e["kind"] for e in ev], dtype=np.int32), EVENT_KINDS),
+            "account_id": book.wallets.account_id[wal], "asset": _categorical(asset, book.assets),
+            "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
+            "position_side": pl.Series(np.where(has_row, sides, None).tolist(), dtype=pl.String),
+            "qty": np.array([e["qty"] for e in ev], dtype=np.float64),
+            "price": np.array([e["price"] for e in ev], dtype=np.float64),
+            "realized_pnl": money("realized"), "insurance_fund_delta": money("fund"),
+            "equity": np.array([e["equity"] for e in ev], dtype=np.float64),
+            "mm": np.array([e["mm"] for e in ev], dtype=np.float64),
+            "risk_ratio": np.array([e["risk_ratio"] for e in ev], dtype=np.float64),
+        })
+
+    def insurance_fund(self) -> pl.DataFrame:
+        scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
+        return pl.DataFrame({"asset": self.book.assets,
+                             "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+
+
+def _spread(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split an integer amount over rows in proportion to weights, exactly (remainder to the largest)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if total == 0 or weights.sum() <= 0:
+        out = np.zeros(len(weights), np.int64)
+        if total and len(out):
+            out[0] = total
+        return out
+    out = np.floor(total * weights / weights.sum()).astype(np.int64)
+    out[np.argmax(weights)] += total - out.sum()
+    return out

@@ -1,0 +1,200 @@
+"""The tick engine (SPEC §6) against full re-scans and plain liquidation rules."""
+
+from decimal import Decimal
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import riskcore as rc
+from riskcore.engine import Engine, TickError
+from riskcore.io import book_tables
+from riskcore.scan import ScanArrays, scan_into
+from strategies import books
+
+CLOSES = ("liquidation_close", "adl_close", "insurance_fund_shortfall")
+
+
+def assert_equals_full_scan(engine):
+    full = ScanArrays.empty(len(engine.book.positions), len(engine.book.wallets))
+    scan_into(engine.book, engine.mark, full, with_liq_price=engine.liq_prices)
+    names = [n for n in full.positions if engine.liq_prices or n != "liq_price"]
+    for name in names:
+        np.testing.assert_allclose(engine.out.positions[name], full.positions[name], rtol=1e-9, err_msg=name)
+    for name in full.accounts:
+        np.testing.assert_allclose(engine.out.accounts[name], full.accounts[name], rtol=1e-9, err_msg=name)
+
+
+def representable(tables) -> bool:
+    """Every position's value stays inside 64-bit fixed-point money after a 4x move."""
+    t = tables["positions"].join(tables["instruments"], on="symbol").join(tables["marks"], on="symbol")
+    linear = (t["qty"].abs() * t["face_value"] * (t["mark_price"] + t["entry_price"])).max() or 0
+    inverse = (t["qty"].abs() * t["face_value"] / t["mark_price"]).max() or 0
+    return 8 * max(linear, inverse) < 5e10
+
+
+@st.composite
+def tick_paths(draw):
+    tables = draw(books(max_symbols=3, max_accounts=4).filter(representable))
+    symbols = tables["instruments"]["symbol"].to_list()
+    path = []
+    for _ in range(draw(st.integers(1, 8))):
+        chosen = draw(st.lists(st.sampled_from(symbols), min_size=1, unique=True))
+        moves = [draw(st.sampled_from([0.5, 0.8, 0.97, 0.999, 1.0, 1.001, 1.03, 1.25, 2.0])) for _ in chosen]
+        path.append((chosen, moves))
+    fund = draw(st.sampled_from([0.0, 0.0, 1.0, 1e9]))
+    return tables, path, fund
+
+
+def run(tables, path, fund, liquidate, liq_prices=False):
+    book = rc.Book.from_tables(**tables)
+    fund_table = pl.DataFrame({"asset": book.assets, "balance": [fund] * len(book.assets)})
+    engine = Engine(book, liquidate=liquidate, insurance_fund=fund_table, liq_prices=liq_prices)
+    for ts, (chosen, moves) in enumerate(path):
+        idx = [book.instruments.symbol.index(s) for s in chosen]
+        engine.on_marks(chosen, engine.mark[idx] * np.array(moves), ts=ts)
+    return book, engine
+
+
+@given(tick_paths())
+def test_incremental_figures_equal_full_scan(case):
+    tables, path, fund = case
+    _, engine = run(tables, path, fund, liquidate=False, liq_prices=True)
+    assert_equals_full_scan(engine)
+
+
+def money_by_asset(book, fund_units):
+    t = book_tables(book)
+    settle = dict(zip(t["instruments"]["symbol"], t["instruments"]["settle_asset"]))
+    out = {a: Decimal(int(u)) / 10**8 for a, u in zip(book.assets, fund_units)}
+    for r in t["accounts"].iter_rows(named=True):
+        out[r["asset"]] += r["balance"]
+    for r in t["positions"].iter_rows(named=True):
+        out[settle[str(r["symbol"])]] += r["isolated_margin"]
+    return out
+
+
+@given(tick_paths())
+def test_liquidation_conserves_money_exactly(case):
+    """balances + isolated margins + fund change by exactly the realized PnL of the closes."""
+    tables, path, fund = case
+    before_book = rc.Book.from_tables(**tables)
+    before = money_by_asset(before_book, np.full(len(before_book.assets), round(fund * 1e8)))
+    _, engine = run(tables, path, fund, liquidate=True)
+    after = money_by_asset(engine.book, engine.fund)
+    ev = engine.events()
+    flows = ev.filter(pl.col("kind").cast(pl.String).is_in(CLOSES)).group_by(pl.col("asset").cast(pl.String)).agg(
+        pl.col("realized_pnl").sum())
+    realized = dict(zip(flows["asset"], flows["realized_pnl"]))
+    for asset in before:
+        assert after[asset] - before[asset] == realized.get(asset, 0), asset
+    # nothing liquidatable is left open, and the figures are a full scan's
+    assert_equals_full_scan(engine)
+    p = engine.out.positions
+    assert not (p["liquidate"] & (engine.book.positions.qty != 0) & engine.book.positions.isolated).any()
+    assert not engine.out.accounts["liquidate"].any()
+
+
+def one_position(qty=0.1, margin_mode="isolated", isolated_margin=100.0, balance=300.0, fee=0.0, liq_fee=0.0,
+                 extra=None):
+    """Seed 003: 0.1 BTC at 50,000, 100 USDT isolated margin, MM = 50% of used margin."""
+    positions = [dict(account_id=1, symbol="BTCUSDT", position_side="both", qty=qty, entry_price=50000.0,
+                      margin_mode=margin_mode, leverage=50.0, isolated_margin=isolated_margin)]
+    accounts = [dict(account_id=1, asset="USDT", balance=balance)]
+    for row in extra or []:
+        row = dict(row)
+        wallet_balance = row.pop("balance", 1000.0)
+        positions.append(dict(dict(position_side="both", entry_price=50000.0, margin_mode="cross", leverage=10.0,
+                                   isolated_margin=0.0, symbol="BTCUSDT"), **row))
+        if row["account_id"] not in [a["account_id"] for a in accounts]:
+            accounts.append(dict(account_id=row["account_id"], asset="USDT", balance=wallet_balance))
+    return dict(
+        instruments=pl.DataFrame({"symbol": ["BTCUSDT"], "contract_type": ["linear"], "face_value": [1.0],
+                                  "taker_fee_rate": [fee], "liquidation_fee_rate": [liq_fee], "mm_im_fraction": [0.5]}),
+        risk_tiers=pl.DataFrame(schema={"symbol": pl.String, "notional_floor": pl.Float64, "mmr": pl.Float64,
+                                        "max_leverage": pl.Float64}),
+        accounts=pl.DataFrame(accounts), positions=pl.DataFrame(positions),
+        marks=pl.DataFrame({"symbol": ["BTCUSDT"], "mark_price": [50000.0]}))
+
+
+def test_events_are_edge_triggered():
+    book = rc.Book.from_tables(**one_position())
+    e = Engine(book)
+    assert e.on_marks(["BTCUSDT"], [49400.0], ts=1) == 1   # becomes liquidatable
+    assert e.on_marks(["BTCUSDT"], [49000.0], ts=2) == 0   # still: no repeat
+    assert e.on_marks(["BTCUSDT"], [50000.0], ts=3) == 0   # recovers
+    assert e.on_marks(["BTCUSDT"], [49300.0], ts=4) == 1   # again
+    ev = e.events()
+    assert ev["kind"].cast(pl.String).to_list() == ["position_liquidatable"] * 2
+    assert ev["ts"].to_list() == [1, 4] and ev["symbol"].to_list() == ["BTCUSDT"] * 2
+
+
+def test_seed_003_isolated_loss_never_touches_the_wallet():
+    book = rc.Book.from_tables(**one_position(liq_fee=0.005))
+    e = Engine(book, liquidate=True)
+    e.on_marks(["BTCUSDT"], [49490.0], ts=1)
+    close = e.events().filter(pl.col("kind") == "liquidation_close").row(0, named=True)
+    # loss 0.1 × 510 = 51 of the 100 margin; fee 0.5% of 4,949 = 24.745 to the fund; 24.255 home
+    assert close["realized_pnl"] == Decimal("-51") and close["insurance_fund_delta"] == Decimal("24.745")
+    assert e.book.wallets.balance[0] == (300 + 24.255) * 1e8
+    assert e.book.positions.qty[0] == 0 and e.book.positions.isolated_margin[0] == 0
+    assert e.fund[0] == 24.745e8
+
+
+def test_bankrupt_isolated_close_paid_by_the_fund():
+    book = rc.Book.from_tables(**one_position())
+    e = Engine(book, liquidate=True, insurance_fund=pl.DataFrame({"asset": ["USDT"], "balance": [1000.0]}))
+    e.on_marks(["BTCUSDT"], [48000.0], ts=1)  # loss 200 > margin 100: deficit 100
+    close = e.events().filter(pl.col("kind") == "liquidation_close").row(0, named=True)
+    assert close["realized_pnl"] == Decimal("-200") and close["insurance_fund_delta"] == Decimal("-100")
+    assert e.fund[0] == 900e8 and e.book.wallets.balance[0] == 300e8
+
+
+def test_adl_when_the_fund_cannot_pay():
+    """Bankrupt long 0.1 closed at its bankruptcy price 49,000 against the best-ranked shorts."""
+    # same pnl% (+5.9%); effective leverage = notional / equity: 2,400 / 250 beats 3,840 / 1,240
+    extra = [dict(account_id=2, qty=-0.05, entry_price=51000.0, balance=100.0),
+             dict(account_id=3, qty=-0.08, entry_price=51000.0)]
+    book = rc.Book.from_tables(**one_position(extra=extra))
+    e = Engine(book, liquidate=True)
+    e.on_marks(["BTCUSDT"], [48000.0], ts=1)
+    ev = e.events().filter(pl.col("kind").cast(pl.String).is_in(CLOSES))
+    rows = ev.select("kind", "account_id", "qty", "price", "realized_pnl").rows()
+    assert rows[0] == ("liquidation_close", 1, -0.1, 49000.0, Decimal("-100"))
+    assert [r[1] for r in rows[1:]] == [2, 3]
+    assert rows[1][2:] == (0.05, 49000.0, Decimal("100"))         # 0.05 × (51,000 − 49,000)
+    assert rows[2][2] == pytest.approx(0.05) and rows[2][4] == Decimal("100")
+    assert e.fund[0] == 0 and e.book.wallets.balance[0] == 300e8
+    assert e.book.positions.qty.tolist() == [0.0, 0.0, pytest.approx(-0.03)]
+
+
+def test_seed_001_cross_liquidation_closes_every_cross_position():
+    tables = one_position(margin_mode="cross", isolated_margin=0.0, balance=250.0, extra=[
+        dict(account_id=1, symbol="ETHUSDT", qty=1.0, entry_price=3000.0, leverage=10.0)])
+    tables["instruments"] = pl.concat([tables["instruments"], tables["instruments"].with_columns(
+        pl.lit("ETHUSDT").alias("symbol"))])
+    tables["marks"] = pl.DataFrame({"symbol": ["BTCUSDT", "ETHUSDT"], "mark_price": [50000.0, 3000.0]})
+    book = rc.Book.from_tables(**tables)
+    e = Engine(book, liquidate=True)
+    assert not e.events().height  # equity 250 > mm 0.5 × (5,000/50 + 3,000/10) = 200
+    e.on_marks(["BTCUSDT"], [48500.0], ts=1)  # equity 250 − 150 = 100 ≤ mm 48.5 + 150
+    ev = e.events()
+    kinds = ev["kind"].cast(pl.String).to_list()
+    assert kinds[0] == "account_liquidatable" and kinds.count("liquidation_close") == 2
+    assert (e.book.positions.qty == 0).all() and e.book.wallets.balance[0] == 100e8
+
+
+def test_bad_ticks_are_rejected_and_change_nothing():
+    book = rc.Book.from_tables(**one_position())
+    e = Engine(book)
+    e.on_marks(["BTCUSDT"], [50100.0], ts=5)
+    for symbols, prices, ts, words in ((["NOPE"], [1.0], 6, "unknown symbol"),
+                                       (["BTCUSDT"], [float("nan")], 6, "finite and positive"),
+                                       (["BTCUSDT"], [-1.0], 6, "finite and positive"),
+                                       (["BTCUSDT"], [49000.0], 4, "time goes backwards"),
+                                       (["BTCUSDT", "BTCUSDT"], [1.0, 2.0], 6, "twice")):
+        with pytest.raises(TickError, match=words):
+            e.on_marks(symbols, prices, ts=ts)
+        assert e.mark[0] == 50100.0 and e.ts == 5
