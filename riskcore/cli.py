@@ -27,6 +27,9 @@ def cmd_gen(args) -> None:
     t = time.perf_counter()
     tables = generate(args.accounts, args.positions, args.symbols, args.seed, args.tiers)
     write_tables(tables, args.out)
+    if args.ticks:
+        from .gen import generate_ticks
+        generate_ticks(tables, args.ticks, args.seed).write_parquet(Path(args.out) / "ticks.parquet")
     print(f"wrote {args.positions:,} positions, {tables['accounts'].height:,} wallets of {args.accounts:,} accounts, "
           f"{args.symbols} symbols to {args.out} in {time.perf_counter() - t:.1f} s")
 
@@ -64,6 +67,59 @@ def cmd_apply(args) -> None:
           + (", ".join(f"{r['reason']} {r['len']:,}" for r in counts.iter_rows(named=True) if r["reason"]) or "none"))
     print(f"wrote the new book and outcomes.parquet to {args.out} "
           f"(load {loaded - t:.2f} s, apply {applied - loaded:.2f} s, write {time.perf_counter() - applied:.2f} s)")
+
+
+def cmd_replay(args) -> None:
+    from tqdm import tqdm
+
+    from .engine import EVENT_KINDS, Engine, TickError
+    from .io import book_tables, load_book, read_table, write_parquet, write_tables
+    from .tables import require
+    book = load_book(args.book)
+    ticks = read_table(args.ticks)
+    require(ticks, str(args.ticks), "ts", "symbol", "mark_price")
+    fund = read_table(args.insurance_fund) if args.insurance_fund else None
+    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund, liq_prices=args.liq_prices)
+    # Ticks are runs of rows with equal ts, in file order; names are mapped to ids once.
+    ts = ticks["ts"].to_numpy()
+    price = ticks["mark_price"].cast(pl.Float64).to_numpy()
+    names = ticks["symbol"].cast(pl.String)
+    index = {s: i for i, s in enumerate(book.instruments.symbol)}
+    sym = names.replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
+    bounds = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1], True]) if len(ts) else np.zeros(1, np.int64)
+    latency, skipped = [], []
+    for a, b in tqdm(zip(bounds[:-1], bounds[1:]), total=len(bounds) - 1, unit="tick", file=sys.stderr,
+                     disable=not sys.stderr.isatty()):
+        t = time.perf_counter()
+        try:
+            if np.any(sym[a:b] < 0):
+                engine.symbol_ids(names[a:b], ts[a])  # raises, naming the unknown symbols
+            engine.on_symbol_marks(sym[a:b], price[a:b], ts[a])
+        except TickError as e:
+            skipped.append(f"{e} (rows {a}..{b - 1} of {args.ticks})")
+            continue
+        latency.append(time.perf_counter() - t)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events = engine.events()
+    write_parquet(events, out / "events.parquet")
+    if args.liquidate:
+        write_parquet(engine.insurance_fund(), out / "insurance_fund.parquet")
+        write_tables(book_tables(engine.book), out / "book")
+    lat = np.array(latency) * 1e3
+    if len(lat):
+        print(f"{len(lat):,} ticks in {lat.sum() / 1e3:.2f} s: {len(lat) / (lat.sum() / 1e3):,.0f} ticks/s; "
+              f"latency per tick p50 {np.percentile(lat, 50):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms, "
+              f"max {lat.max():.3f} ms")
+    counts = events["kind"].cast(pl.String).value_counts()
+    by_kind = dict(zip(counts["kind"], counts["count"]))
+    print("events: " + ", ".join(f"{k} {by_kind.get(k, 0):,}" for k in EVENT_KINDS))
+    if skipped:
+        print(f"skipped {len(skipped)} bad tick(s), nothing of them applied:", file=sys.stderr)
+        for line in skipped[:5]:
+            print(f"  {line}", file=sys.stderr)
+    print(f"wrote {out / 'events.parquet'}" + (f", {out / 'insurance_fund.parquet'} and {out / 'book'}/"
+                                                 if args.liquidate else ""))
 
 
 def cmd_demo(args) -> None:
@@ -116,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--symbols", type=int, default=200)
     g.add_argument("--tiers", type=int, default=10)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--ticks", type=int, default=0, help="also write OUT/ticks.parquet with this many ticks")
     g.set_defaults(func=cmd_gen)
 
     s = sub.add_parser("scan", help="figures, liquidation flags and prices for every position and account")
@@ -131,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, metavar="DIR", required=True, help="the new book and outcomes.parquet")
     a.set_defaults(func=cmd_apply)
 
+    r = sub.add_parser("replay", help="replay a tick stream through the engine (SPEC §6)")
+    r.add_argument("book", type=Path, metavar="BOOK/")
+    r.add_argument("ticks", type=Path, metavar="TICKS.parquet", help="columns ts, symbol, mark_price")
+    r.add_argument("--out", type=Path, metavar="DIR", required=True)
+    r.add_argument("--liquidate", action="store_true", help="execute forced closes, insurance fund and ADL")
+    r.add_argument("--insurance-fund", type=Path, metavar="FILE", help="asset, balance (default 0 everywhere)")
+    r.add_argument("--liq-prices", action="store_true", help="keep liquidation prices current on every tick")
+    r.set_defaults(func=cmd_replay)
+
     d = sub.add_parser("demo", help="generate a book, scan it, show what a risk desk looks at")
     d.add_argument("--accounts", type=int, default=100_000)
     d.add_argument("--positions", type=int, default=1_000_000)
@@ -143,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("scan", "demo", "gen", "apply"):
+        if args.command in ("scan", "demo", "gen", "apply", "replay"):
             _cold_cache_notice()
         args.func(args)
     except BookError as e:

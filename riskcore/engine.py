@@ -67,11 +67,23 @@ class Engine:
 
     # -- ticks ---------------------------------------------------------------------------
     def on_marks(self, symbols, prices, ts=None) -> int:
-        """Apply one tick; returns how many events it produced (see `events()`).
+        """Apply one tick of symbol names and prices; returns how many events it produced
+        (see `events()`). A bad tick raises TickError and changes nothing."""
+        return self.on_symbol_marks(self.symbol_ids(symbols, ts), prices, ts)
 
-        A bad tick raises TickError and changes nothing.
-        """
-        sym, price = self._check_tick(symbols, prices, ts)
+    def symbol_ids(self, symbols, ts=None) -> np.ndarray:
+        """Dense ids of symbol names (TickError naming the unknown ones)."""
+        table = "tick" if ts is None else f"tick at {ts}"
+        symbols = symbols if isinstance(symbols, pl.Series) else pl.Series("symbol", list(symbols), dtype=pl.String)
+        try:
+            return codes(symbols.cast(pl.String).alias("symbol"), self.book.instruments.symbol, table,
+                         "unknown symbol").astype(np.int64)
+        except BookError as e:
+            raise TickError(e.table, e.column, e.problem, e.rows) from None
+
+    def on_symbol_marks(self, sym: np.ndarray, prices, ts=None) -> int:
+        """on_marks with symbols given as dense ids (the replay loop's fast path)."""
+        sym, price = self._check_tick(sym, prices, ts)
         self.mark[sym] = price
         self.ts = ts if ts is not None else self.ts
         rows, wallets = self._affected(sym)
@@ -81,13 +93,9 @@ class Engine:
             self._liquidate(rows, wallets)
         return len(self._events) - n_before
 
-    def _check_tick(self, symbols, prices, ts):
+    def _check_tick(self, sym, prices, ts):
         table = "tick" if ts is None else f"tick at {ts}"
-        symbols = pl.Series("symbol", list(symbols) if not isinstance(symbols, pl.Series) else symbols)
-        try:
-            sym = codes(symbols.cast(pl.String), self.book.instruments.symbol, table, "unknown symbol")
-        except BookError as e:
-            raise TickError(e.table, e.column, e.problem, e.rows) from None
+        sym = np.asarray(sym, dtype=np.int64)
         price = np.asarray(prices, dtype=np.float64)
         if len(price) != len(sym):
             raise TickError(table, "mark_price", "one price per symbol expected")
@@ -312,7 +320,7 @@ class Engine:
         symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
         sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
         return pl.DataFrame({
-            "ts": pl.Series([e["ts"] for e in ev]),
+            "ts": pl.Series([_plain(e["ts"]) for e in ev]),
             "kind": _categorical(np.array([e["kind"] for e in ev], dtype=np.int32), EVENT_KINDS),
             "account_id": book.wallets.account_id[wal], "asset": _categorical(asset, book.assets),
             "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
@@ -329,6 +337,13 @@ class Engine:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
         return pl.DataFrame({"asset": self.book.assets,
                              "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+
+
+def _plain(ts):
+    """numpy scalars (datetime64, int64) as Python values, so polars can type the column."""
+    if isinstance(ts, np.datetime64):
+        return ts.astype("datetime64[us]").item()
+    return ts.item() if isinstance(ts, np.generic) else ts
 
 
 def _spread(total: int, weights: np.ndarray) -> np.ndarray:

@@ -206,3 +206,33 @@ def generate_requests(tables: dict[str, pl.DataFrame], n: int, seed: int = 0) ->
                           dtype=pl.String),
         "asset": pl.Series(np.where(transfer, acc["asset"].to_numpy()[a], None).tolist(), dtype=pl.String),
     })
+
+
+def generate_ticks(tables: dict[str, pl.DataFrame], n_ticks: int, seed: int = 0, symbols_per_tick: int | None = None,
+                   interval_ms: int = 100) -> pl.DataFrame:
+    """A mark-price stream (`ts`, `symbol`, `mark_price`): per-symbol random walks with
+    occasional jumps; popular symbols tick more often. `symbols_per_tick` fixes how many
+    symbols each tick changes (default: a random handful)."""
+    rng = np.random.default_rng(seed)
+    marks = tables["marks"]
+    names = marks["symbol"].to_list()
+    price = marks["mark_price"].to_numpy().copy()
+    popularity = tables["positions"]["symbol"].cast(pl.String).value_counts()
+    weight = dict(zip(popularity["symbol"], popularity["count"]))
+    p = np.array([weight.get(s, 0) + 1.0 for s in names])
+    p /= p.sum()
+    ts, sym, px = [], [], []
+    start = np.datetime64("2026-01-01T00:00:00", "ms")
+    for k in range(n_ticks):
+        m = symbols_per_tick or int(rng.integers(1, min(len(names), 20) + 1))
+        chosen = rng.choice(len(names), min(m, len(names)), replace=False, p=p if m < len(names) else None)
+        step = rng.normal(0.0, 0.002, len(chosen)) + np.where(rng.random(len(chosen)) < 0.01,
+                                                              rng.normal(0.0, 0.08, len(chosen)), 0.0)
+        price[chosen] *= np.exp(step)
+        ts.append(np.full(len(chosen), start + k * interval_ms))
+        sym.append(chosen)
+        px.append(price[chosen])
+    sym = np.concatenate(sym) if sym else np.zeros(0, int)
+    return pl.DataFrame({"ts": np.concatenate(ts) if ts else np.zeros(0, "datetime64[ms]"),
+                         "symbol": pl.Series(np.array(names, dtype=object)[sym].tolist(), dtype=pl.String),
+                         "mark_price": np.concatenate(px) if px else np.zeros(0)})

@@ -198,3 +198,28 @@ def test_bad_ticks_are_rejected_and_change_nothing():
         with pytest.raises(TickError, match=words):
             e.on_marks(symbols, prices, ts=ts)
         assert e.mark[0] == 50100.0 and e.ts == 5
+
+
+def test_cli_replay_reports_and_skips_bad_ticks(tmp_path, capsys):
+    from riskcore.cli import main
+    for name, df in one_position(liq_fee=0.005).items():
+        df.write_parquet(tmp_path / f"{name}.parquet")
+    pl.DataFrame({"ts": [1, 2, 2, 3, 0, 4], "symbol": ["BTCUSDT", "BTCUSDT", "NOPE", "BTCUSDT", "BTCUSDT", "BTCUSDT"],
+                  "mark_price": [50100.0, 49000.0, 1.0, float("nan"), 50000.0, 49400.0]}).write_parquet(tmp_path / "t.parquet")
+    assert main(["replay", str(tmp_path), str(tmp_path / "t.parquet"), "--out", str(tmp_path / "o"), "--liquidate"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 ticks in" in out and "position_liquidatable 1" in out and "liquidation_close 1" in out
+    assert "skipped 3 bad tick(s)" in err
+    assert "unknown symbol: NOPE" in err and "finite and positive" in err and "time goes backwards" in err
+    ev = pl.read_parquet(tmp_path / "o" / "events.parquet")
+    assert ev["kind"].cast(pl.String).to_list() == ["position_liquidatable", "liquidation_close"]
+    assert rc.load_book(tmp_path / "o" / "book").positions.qty.tolist() == [0.0]
+
+
+def test_gen_ticks_replay_end_to_end(tmp_path, capsys):
+    from riskcore.cli import main
+    assert main(["gen", "--accounts", "200", "--positions", "2000", "--symbols", "20", "--ticks", "30",
+                 str(tmp_path / "b")]) == 0
+    assert main(["replay", str(tmp_path / "b"), str(tmp_path / "b" / "ticks.parquet"), "--out", str(tmp_path / "o"),
+                 "--liquidate"]) == 0
+    assert "30 ticks in" in capsys.readouterr().out
