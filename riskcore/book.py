@@ -305,7 +305,6 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFr
         iso_margin = to_units(df["isolated_margin"], scales[inst.settle_asset[sym]], t)
     else:
         iso_margin = np.zeros(df.height, np.int64)
-    check(iso_margin >= 0, t, "isolated_margin", "isolated margin must be >= 0")
     check(isolated | (iso_margin == 0), t, "isolated_margin", "a cross position cannot hold isolated margin")
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallet_index, t)
 

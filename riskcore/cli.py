@@ -122,6 +122,15 @@ def cmd_replay(args) -> None:
                                                  if args.liquidate else ""))
 
 
+def cmd_settle(args) -> None:
+    from .settle import settle
+    steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    result = settle(args.book, args.out, marks=args.marks, funding=args.funding, settlement_id=args.id,
+                    steps=steps, part_rows=args.part_rows, progress=True)
+    print(result.summary())
+    print(f"wrote the settled book, its settlements table and ledger/ to {args.out}")
+
+
 def cmd_demo(args) -> None:
     from .book import Book
     from .gen import generate
@@ -197,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--liq-prices", action="store_true", help="keep liquidation prices current on every tick")
     r.set_defaults(func=cmd_replay)
 
+    st = sub.add_parser("settle", help="nightly funding and daily settlement, exact ledger (SPEC §7)")
+    st.add_argument("book", type=Path, metavar="BOOK/")
+    st.add_argument("--marks", type=Path, required=True, metavar="FILE", help="settlement prices (symbol, mark_price)")
+    st.add_argument("--funding", type=Path, metavar="FILE", help="symbol, funding_rate (default: the marks' funding_rate)")
+    st.add_argument("--id", required=True, help="settlement id; a book refuses an id it has applied")
+    st.add_argument("--steps", default="funding,realize", help="funding,realize (default both)")
+    st.add_argument("--out", type=Path, required=True, metavar="DIR")
+    st.add_argument("--part-rows", type=int, default=1_000_000, help="positions per streamed part (bounds memory)")
+    st.set_defaults(func=cmd_settle)
+
     d = sub.add_parser("demo", help="generate a book, scan it, show what a risk desk looks at")
     d.add_argument("--accounts", type=int, default=100_000)
     d.add_argument("--positions", type=int, default=1_000_000)
@@ -209,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("scan", "demo", "gen", "apply", "replay"):
+        if args.command in ("scan", "demo", "gen", "apply", "replay", "settle"):
             _cold_cache_notice()
         args.func(args)
     except BookError as e:

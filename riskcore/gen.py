@@ -73,17 +73,26 @@ def _positions_per_account(rng, n_accounts: int, n_positions: int, cap: int) -> 
 
 
 def _unique_symbols(rng, acct, hedge_side, popularity):
-    """Draw a symbol per row with no repeated (account, symbol, side)."""
+    """Draw a symbol per row with no repeated (account, symbol, side): popularity-weighted
+    draws, uniform redraws of collisions, and the last few collisions given an unused symbol."""
     n_sym = len(popularity)
     sym = rng.choice(n_sym, len(acct), p=popularity)
-    for _ in range(200):
+    for round_ in range(60):
         key = (acct * n_sym + sym) * 3 + hedge_side
         order = np.argsort(key, kind="stable")
         dup = order[1:][key[order][1:] == key[order][:-1]]
         if not len(dup):
             return sym
-        sym[dup] = rng.integers(0, n_sym, len(dup))
-    raise RuntimeError("could not draw distinct symbols per account")
+        if round_ < 50:
+            sym[dup] = rng.integers(0, n_sym, len(dup))
+            continue
+        for i in dup:  # rare: accounts holding nearly every symbol (rows are grouped by account)
+            lo, hi = np.searchsorted(acct, [acct[i], acct[i] + 1])
+            free = np.setdiff1d(np.arange(n_sym), sym[lo:hi][hedge_side[lo:hi] == hedge_side[i]])
+            if not len(free):
+                raise BookError("gen", None, "more positions per account than symbols")
+            sym[i] = rng.choice(free)
+    raise BookError("gen", None, "could not draw distinct symbols per account")
 
 
 def generate(accounts: int = 100_000, positions: int = 1_000_000, symbols: int = 200, seed: int = 0,

@@ -67,16 +67,31 @@ def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:
+    """Exact decimal money; one scale per column: the largest of the book's assets."""
+    scale = int(book.asset_scale.max()) if len(book.asset_scale) else DEFAULT_MONEY_SCALE
+    return pl.from_arrow(units_to_decimal(units * 10 ** (scale - book.asset_scale[asset_ids]), scale))
+
+
+def positions_table(book: Book, pos) -> pl.DataFrame:
+    """Positions (the book's, or any Positions over its ids) as the SPEC §1 table."""
+    symbols = np.array(book.instruments.symbol, dtype=object)
+    return pl.DataFrame({
+        "account_id": book.wallets.account_id[pos.wallet],
+        "symbol": pl.Series(symbols[pos.symbol].tolist(), dtype=pl.Categorical),
+        "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side].tolist(), dtype=pl.Categorical),
+        "qty": pos.qty, "entry_price": pos.entry_price,
+        "margin_mode": pl.Series(np.array(MODES, dtype=object)[pos.isolated.astype(int)].tolist(),
+                                 dtype=pl.Categorical),
+        "leverage": pos.leverage,
+        "isolated_margin": money_column(book, pos.isolated_margin, book.instruments.settle_asset[pos.symbol])})
+
+
 def book_tables(book: Book) -> dict[str, pl.DataFrame]:
     """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit)."""
-    inst, wal, pos, ords = book.instruments, book.wallets, book.positions, book.orders
+    inst, wal, ords = book.instruments, book.wallets, book.orders
     symbols = np.array(inst.symbol, dtype=object)
     assets = np.array(book.assets, dtype=object)
-    scale = int(book.asset_scale.max()) if len(book.asset_scale) else DEFAULT_MONEY_SCALE
-
-    def money(units, asset_ids):  # one decimal scale per column: the largest asset scale
-        return pl.from_arrow(units_to_decimal(units * 10 ** (scale - book.asset_scale[asset_ids]), scale))
-
     tier_symbol = np.repeat(np.arange(len(inst)), np.diff(inst.tier_start))
     given = np.isfinite(inst.tier_max_leverage)  # drops the open tier of untiered fraction instruments
     held = ~np.isnan(book.mark)
@@ -91,16 +106,8 @@ def book_tables(book: Book) -> dict[str, pl.DataFrame]:
             "mmr": inst.tier_mmr[given], "max_leverage": inst.tier_max_leverage[given],
             "maintenance_amount": inst.tier_cum[given]}),
         accounts=pl.DataFrame({"account_id": wal.account_id, "asset": assets[wal.asset].tolist(),
-                               "balance": money(wal.balance, wal.asset)}),
-        positions=pl.DataFrame({
-            "account_id": wal.account_id[pos.wallet],
-            "symbol": pl.Series(symbols[pos.symbol].tolist(), dtype=pl.Categorical),
-            "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side].tolist(), dtype=pl.Categorical),
-            "qty": pos.qty, "entry_price": pos.entry_price,
-            "margin_mode": pl.Series(np.array(MODES, dtype=object)[pos.isolated.astype(int)].tolist(),
-                                     dtype=pl.Categorical),
-            "leverage": pos.leverage,
-            "isolated_margin": money(pos.isolated_margin, inst.settle_asset[pos.symbol])}),
+                               "balance": money_column(book, wal.balance, wal.asset)}),
+        positions=positions_table(book, book.positions),
         orders=pl.DataFrame({
             "account_id": wal.account_id[ords.wallet], "symbol": symbols[ords.symbol].tolist(),
             "qty": ords.qty, "price": ords.price, "leverage": ords.leverage,

@@ -75,3 +75,68 @@ def units_to_decimal(units: np.ndarray, scale: int) -> pa.Array:
     words[:, 0] = units
     words[:, 1] = units >> 63
     return pa.Array.from_buffers(pa.decimal128(38, scale), len(units), [None, pa.py_buffer(words)])
+
+
+MAX_PLACES = 18
+_EPS = np.finfo(np.float64).eps
+
+
+def decimal_places(x: np.ndarray) -> np.ndarray:
+    """Decimal places of each float's shortest round-trip decimal (the decimal it prints
+    as), or -1 beyond 18 places or non-finite. The float means exactly that decimal."""
+    x = np.asarray(x, dtype=np.float64)
+    places = np.full(len(x), -1, dtype=np.int64)
+    todo = np.flatnonzero(np.isfinite(x))
+    for k in range(MAX_PLACES + 1):
+        if not len(todo):
+            break
+        scale = 10.0**k
+        v = x[todo]
+        m = np.rint(v * scale)  # v·10^k itself rounds, so the mantissa may be one off
+        ok = np.zeros(len(v), dtype=bool)
+        for candidate in (m, m - 1, m + 1):
+            ok |= (np.abs(candidate) < 2.0**53) & (candidate / scale == v)  # converts back to v
+        places[todo[ok]] = k
+        todo = todo[~ok]
+    return places
+
+
+def add_places(*places: np.ndarray) -> np.ndarray:
+    """Decimal places of a product: the sum, or -1 (unknown) if any factor's is unknown."""
+    total = sum(np.asarray(p, dtype=np.int64) for p in places)
+    unknown = np.any([np.asarray(p) < 0 for p in places], axis=0)
+    return np.where(unknown, -1, total)
+
+
+def exact(x: float):
+    """The exact rational value of the decimal a float prints as."""
+    from fractions import Fraction
+    return Fraction(Decimal(repr(float(x))))
+
+
+def floor_grid(value: np.ndarray, gross: np.ndarray, places: np.ndarray, scale: np.ndarray):
+    """floor(value · 10^scale) for values that are exact decimals with `places` places.
+
+    value·10^places is an integer; the float product is within 8 ulp of gross·10^places,
+    so below 2^47 rint recovers that integer exactly and the floor to `scale` is integer
+    arithmetic. Returns (units, ok); rows not ok need the exact fallback.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = 10.0**places
+        ok = (places >= 0) & (places <= MAX_PLACES) & (np.abs(gross * p) < 2.0**47)
+        n = np.where(ok, np.rint(value * p), 0.0).astype(np.int64)
+    shift = scale - np.where(ok, places, scale)
+    up = np.maximum(shift, 0)
+    down = np.maximum(-shift, 0)
+    units = np.where(shift >= 0, n * 10 ** up, np.floor_divide(n, 10 ** down))
+    ok &= np.abs(n.astype(np.float64) * 10.0**up) < 2.0**62
+    return units, ok
+
+
+def floor_certified(units_f: np.ndarray, bound: np.ndarray):
+    """floor of a float estimate whose absolute error is below `bound`: certified where the
+    estimate is farther than the bound from an integer. Returns (units, ok)."""
+    with np.errstate(invalid="ignore"):
+        f = np.floor(units_f)
+        ok = np.isfinite(units_f) & (units_f - f > bound) & (f + 1 - units_f > bound) & (np.abs(units_f) < 2.0**62)
+    return np.where(ok, f, 0).astype(np.int64), ok

@@ -60,7 +60,7 @@ def test_nan_and_inf_rejected(column, value):
 
 
 @pytest.mark.parametrize("column,value,words", [
-    ("entry_price", 0.0, "positive"), ("leverage", 0.5, ">= 1"), ("isolated_margin", -1.0, ">= 0"),
+    ("entry_price", 0.0, "positive"), ("leverage", 0.5, ">= 1"),
     ("position_side", "sideways", "position_side must be"), ("margin_mode", "portfolio", "margin_mode must be"),
 ])
 def test_bad_position_values(column, value, words):

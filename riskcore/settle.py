@@ -1,0 +1,315 @@
+"""Nightly settlement (SPEC §7): funding and daily settlement, exact to the money unit.
+
+Streams the positions part by part (a Parquet file's row groups, or a folder of parts), so a
+book larger than memory settles in bounded memory; only the wallets (one row per account and
+asset) are held whole. Each per-position amount is floored to the asset's unit (debits
+rounded up in size, credits down, both against the account); a house account takes minus
+the sum per asset and kind, so every run's ledger sums to exactly zero. Output is written to
+a temporary folder and renamed into place at the end: a killed run leaves nothing behind
+and never touches the input.
+"""
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from .book import SIDES, Book, _load_positions
+from .config import DEFAULT_MONEY_SCALE
+from .errors import BookError
+from .io import money_column, positions_table, read_table, table_path
+from .money import _EPS, add_places, decimal_places, exact, floor_certified, floor_grid
+
+KINDS = ("funding", "realize")
+HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
+PART_ROWS = 1_000_000
+
+
+@dataclass
+class Settlement:
+    settlement_id: str
+    steps: tuple[str, ...]
+    totals: pl.DataFrame            # asset, kind, accounts (Σ account amounts), house
+    negative_balances: pl.DataFrame  # account_id, asset, balance: wallets below zero afterwards
+    positions: int
+    seconds: float
+    io_seconds: float
+
+    def summary(self) -> str:
+        lines = [f"settlement {self.settlement_id} ({', '.join(self.steps)}): {self.positions:,} positions "
+                 f"in {self.seconds:.2f} s ({self.io_seconds:.2f} s reading and writing Parquet)"]
+        for r in self.totals.iter_rows(named=True):
+            lines.append(f"  {r['asset']:<6} {r['kind']:<8} accounts {r['accounts']:>24}  house {r['house']:>20}")
+        n = self.negative_balances.height
+        lines.append(f"wallets with a negative balance afterwards: {n:,}")
+        for r in self.negative_balances.head(5).iter_rows(named=True):
+            lines.append(f"  account {r['account_id']} {r['asset']}: {r['balance']}")
+        return "\n".join(lines)
+
+
+def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[str, np.ndarray]:
+    """Per position and step, the account's amount in units of its settle asset (SPEC §7).
+
+    funding: −q·f·P·rate (inverse −q·f/P·rate): longs pay a positive rate;
+    realize: q·f·(P − E) (inverse q·f·(1/E − 1/P)).
+    Exact: every input means the decimal it prints as; see money.floor_grid/floor_certified,
+    with a Fraction fallback for the rows neither certifies.
+    """
+    inst = book.instruments
+    face, inverse = inst.face_value[symbol], inst.inverse[symbol]
+    P = mark[symbol]
+    scale = book.asset_scale[inst.settle_asset[symbol]]
+    unit_scale = 10.0**scale
+    dq, dE = decimal_places(qty), decimal_places(entry)
+    df, dP, dr = (decimal_places(a)[symbol] for a in (inst.face_value, mark, np.nan_to_num(rate)))
+    out = {}
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for step in steps:
+            if step == "funding":
+                r = rate[symbol]
+                value = np.where(inverse, -qty * face * r / P, -qty * face * P * r)
+                gross = np.abs(value)
+                places = add_places(dq, df, dP, dr)
+                zero = (qty == 0) | (r == 0)
+            else:
+                value = np.where(inverse, qty * face * (P - entry) / (entry * P), qty * face * (P - entry))
+                gross = np.abs(qty) * face * np.where(inverse, (P + entry) / (entry * P), P + entry)
+                places = add_places(dq, df, np.where((dP < 0) | (dE < 0), -1, np.maximum(dP, dE)))
+                zero = (qty == 0) | (P == entry)
+            # linear amounts are decimals on a known grid: exact when the grid is fine enough;
+            # otherwise (and for inverse contracts) a float provably away from a unit boundary
+            grid, grid_ok = floor_grid(value, gross, np.where(inverse, -1, places), scale)
+            cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
+            units = np.where(grid_ok, grid, cert)
+            ok = grid_ok | cert_ok | zero
+            units[zero] = 0
+            for i in np.flatnonzero(~ok):
+                units[i] = _exact_amount(step, qty[i], face[i], P[i], entry[i],
+                                         rate[symbol[i]] if step == "funding" else 0.0, bool(inverse[i]), int(scale[i]))
+            out[step] = units
+    return out
+
+
+def _exact_amount(step, q, f, P, E, r, inverse, scale) -> int:
+    q, f, P, E, r = (exact(v) for v in (q, f, P, E, r))
+    if step == "funding":
+        value = -q * f * r / P if inverse else -q * f * P * r
+    else:
+        value = q * f * (1 / E - 1 / P) if inverse else q * f * (P - E)
+    units = math.floor(value * 10**scale)
+    if abs(units) >= 2**62:
+        raise BookError("positions", "qty", "a settlement amount exceeds 64-bit fixed point money")
+    return units
+
+
+def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=KINDS,
+           money_scale: dict[str, int] | None = None, part_rows: int = PART_ROWS, progress: bool = False) -> Settlement:
+    """Settle BOOK/ into OUT/ (a new book with `settlements` and a `ledger/`), all or nothing."""
+    t_start = time.perf_counter()
+    io_time = 0.0
+    book_dir, out_dir = Path(book_dir), Path(out_dir)
+    steps = tuple(steps)
+    bad = [s for s in steps if s not in KINDS]
+    if bad or not steps:
+        raise BookError("settle", "steps", f"steps must be among {', '.join(KINDS)}, got {', '.join(bad) or 'none'}")
+    if out_dir.resolve() == book_dir.resolve():
+        raise BookError(str(out_dir), None, "the output must not be the input book (the input stays untouched)")
+    tables = {}
+    for name in ("instruments", "risk_tiers", "accounts", "settlements"):
+        path = table_path(book_dir, name)
+        if path is None:
+            if name != "settlements":
+                raise BookError(str(book_dir / f"{name}.parquet"), None, "missing table")
+            continue
+        tables[name] = (read_table(path), str(path))
+    applied = tables["settlements"][0] if "settlements" in tables else pl.DataFrame(
+        schema={"settlement_id": pl.String, "steps": pl.String, "applied_at": pl.Datetime("us")})
+    if settlement_id in applied["settlement_id"].cast(pl.String).to_list():
+        raise BookError(tables.get("settlements", (None, str(book_dir / "settlements.parquet")))[1], "settlement_id",
+                        f"settlement {settlement_id} was already applied to this book")
+    empty = pl.DataFrame(schema={"account_id": pl.Int64, "symbol": pl.String, "qty": pl.Float64,
+                                 "entry_price": pl.Float64, "margin_mode": pl.String, "leverage": pl.Float64})
+    head = Book.from_tables(tables["instruments"][0], tables["risk_tiers"][0], tables["accounts"][0], empty,
+                            money_scale=money_scale, names={k: v[1] for k, v in tables.items()})
+    if np.any(head.wallets.account_id == HOUSE_ACCOUNT_ID):
+        raise BookError(tables["accounts"][1], "account_id", f"account {HOUSE_ACCOUNT_ID} is the house account",
+                        np.flatnonzero(tables["accounts"][0]["account_id"].to_numpy() == HOUSE_ACCOUNT_ID))
+    marks_table = read_table(marks)
+    mark, marks_rate = head.read_marks(marks_table, str(marks))
+    rate = marks_rate
+    rate_source = str(marks)
+    if funding is not None:
+        _, rate = head.read_marks(read_table(funding).with_columns(pl.lit(1.0).alias("mark_price")), str(funding))
+        rate_source = str(funding)
+    wallet_index = pl.DataFrame({"account_id": head.wallets.account_id, "asset": head.wallets.asset,
+                                 "_wallet": np.arange(len(head.wallets), dtype=np.int32)})
+
+    pos_path = table_path(book_dir, "positions")
+    if pos_path is None:
+        raise BookError(str(book_dir / "positions.parquet"), None, "missing table")
+    files = sorted(pos_path.rglob("*.parquet")) if pos_path.is_dir() else [pos_path]
+    total_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "positions").mkdir(parents=True)
+    (tmp / "ledger").mkdir()
+    delta = np.zeros(len(head.wallets), dtype=np.int64)
+    n_assets = len(head.assets)
+    sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
+    keys, groups = [], []
+    part = 0
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=total_rows, unit="pos", unit_scale=True, file=sys.stderr,
+                   disable=not (progress and sys.stderr.isatty()))
+        for f in files:
+            offset = 0
+            t = time.perf_counter()
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=part_rows):
+                df = pl.from_arrow(batch)
+                io_time += time.perf_counter() - t
+                try:
+                    pos = _load_positions(df, head.instruments, wallet_index, head.asset_scale, str(f))
+                except BookError as e:  # rows relative to the file, not the batch
+                    raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
+                _check_prices(head, pos, mark, rate, steps, str(marks), rate_source)
+                amounts = position_amounts(head, pos.qty, pos.entry_price, pos.symbol, mark, rate, steps)
+                ledger = _apply(head, pos, amounts, mark, delta, sums, steps)
+                n_sym = len(head.instruments)
+                group = pos.wallet.astype(np.int64) * n_sym + pos.symbol
+                keys.append(group * len(SIDES) + pos.side)
+                groups.append(group * 2 + pos.isolated)
+                t = time.perf_counter()
+                positions_table(head, pos).write_parquet(tmp / "positions" / f"part-{part:05d}.parquet")
+                ledger.with_columns(pl.lit(settlement_id).alias("settlement_id")).select(
+                    "settlement_id", "account_id", "asset", "symbol", "position_side", "kind", "amount").write_parquet(
+                    tmp / "ledger" / f"part-{part:05d}.parquet")
+                part += 1
+                offset += df.height
+                bar.update(df.height)
+        bar.close()
+        if part == 0:  # an empty book still gets a (typed, empty) positions part
+            positions_table(head, head.positions).write_parquet(tmp / "positions" / "part-00000.parquet")
+        _check_across_parts(keys, groups, str(pos_path))
+        t = time.perf_counter()
+        house = _house_rows(head, sums, steps, settlement_id)
+        house.write_parquet(tmp / "ledger" / f"part-{part:05d}.parquet")
+        balance = head.wallets.balance + delta
+        if np.any(np.abs(head.wallets.balance.astype(np.float64) + delta) >= 2.0**63):
+            raise BookError(tables["accounts"][1], "balance", "a balance exceeds 64-bit fixed point money")
+        accounts = pl.DataFrame({"account_id": head.wallets.account_id,
+                                 "asset": np.array(head.assets, dtype=object)[head.wallets.asset].tolist(),
+                                 "balance": money_column(head, balance, head.wallets.asset)})
+        accounts.write_parquet(tmp / "accounts.parquet")
+        for name in ("instruments", "risk_tiers"):
+            tables[name][0].write_parquet(tmp / f"{name}.parquet")
+        orders = table_path(book_dir, "orders")
+        if orders is not None:
+            read_table(orders).write_parquet(tmp / "orders.parquet")
+        marks_table.write_parquet(tmp / "marks.parquet")  # the book now stands at the settlement prices
+        pl.concat([applied.select(pl.col("settlement_id").cast(pl.String), pl.col("steps").cast(pl.String),
+                                  pl.col("applied_at").cast(pl.Datetime("us"))),
+                   pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
+                                 "applied_at": [np.datetime64("now", "us").item()]},
+                                schema={"settlement_id": pl.String, "steps": pl.String,
+                                        "applied_at": pl.Datetime("us")})]).write_parquet(tmp / "settlements.parquet")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+        io_time += time.perf_counter() - t
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    totals = pl.DataFrame({
+        "asset": [a for k in steps for a in head.assets], "kind": [k for k in steps for _ in head.assets],
+        "accounts": [str(_decimal(int(sums[k][i]), head.asset_scale[i])) for k in steps for i in range(n_assets)],
+        "house": [str(_decimal(-int(sums[k][i]), head.asset_scale[i])) for k in steps for i in range(n_assets)]})
+    negative = np.flatnonzero(balance < 0)
+    return Settlement(settlement_id, steps, totals.filter(pl.col("accounts") != pl.col("house")),
+                      pl.DataFrame({"account_id": head.wallets.account_id[negative],
+                                    "asset": np.array(head.assets, dtype=object)[head.wallets.asset[negative]].tolist(),
+                                    "balance": money_column(head, balance[negative], head.wallets.asset[negative])},
+                                   schema_overrides={"asset": pl.String}),
+                      total_rows, time.perf_counter() - t_start, io_time)
+
+
+def _decimal(units: int, scale: int):
+    from decimal import Decimal
+    return Decimal(units).scaleb(-int(scale))
+
+
+def _check_prices(book, pos, mark, rate, steps, marks_name, rate_name):
+    held = np.unique(pos.symbol[pos.qty != 0])
+    names = book.instruments.symbol
+    missing = held[np.isnan(mark[held])]
+    if len(missing):
+        raise BookError(marks_name, "mark_price",
+                        f"no settlement price for held symbol(s): {', '.join(names[s] for s in missing[:5])}")
+    if "funding" in steps:
+        missing = held[np.isnan(rate[held])]
+        if len(missing):
+            raise BookError(rate_name, "funding_rate",
+                            f"no funding rate for held symbol(s): {', '.join(names[s] for s in missing[:5])}")
+
+
+def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
+    """Credit amounts to isolated margins (in place) or wallet deltas; entry ← P; ledger rows."""
+    wallet_of = pos.wallet.astype(np.int64)
+    asset = book.instruments.settle_asset[pos.symbol]
+    rows = []
+    for kind in steps:
+        units = amounts[kind]
+        iso = pos.isolated
+        pos.isolated_margin[iso] += units[iso]
+        cross = np.flatnonzero(~iso & (units != 0))
+        if len(cross):  # positions come sorted by wallet: exact int64 sums per run
+            w = wallet_of[cross]
+            starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
+            delta[w[starts]] += np.add.reduceat(units[cross], starts)
+        for a in np.unique(asset):
+            sums[kind][a] += int(units[asset == a].sum(dtype=np.int64)) if len(units) else 0
+        nz = np.flatnonzero(units != 0)
+        rows.append(pl.DataFrame({
+            "account_id": book.wallets.account_id[pos.wallet[nz]],
+            "asset": np.array(book.assets, dtype=object)[asset[nz]].tolist(),
+            "symbol": np.array(book.instruments.symbol, dtype=object)[pos.symbol[nz]].tolist(),
+            "position_side": np.array(SIDES, dtype=object)[pos.side[nz]].tolist(),
+            "kind": [kind] * len(nz),
+            "amount": money_column(book, units[nz], asset[nz])},
+            schema_overrides={"asset": pl.String, "symbol": pl.String, "position_side": pl.String, "kind": pl.String}))
+    if "realize" in steps:
+        pos.entry_price = np.where(pos.qty != 0, mark[pos.symbol], pos.entry_price)
+    return pl.concat(rows)
+
+
+def _house_rows(book, sums, steps, settlement_id) -> pl.DataFrame:
+    asset_ids = [a for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
+    kinds = [k for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
+    units = np.array([-int(sums[k][a]) for k, a in zip(kinds, asset_ids)], dtype=np.int64)
+    return pl.DataFrame({
+        "settlement_id": [settlement_id] * len(units), "account_id": [HOUSE_ACCOUNT_ID] * len(units),
+        "asset": [book.assets[a] for a in asset_ids], "symbol": [None] * len(units),
+        "position_side": [None] * len(units), "kind": kinds,
+        "amount": money_column(book, units, np.array(asset_ids, dtype=np.int64))},
+        schema_overrides={"symbol": pl.String, "position_side": pl.String, "asset": pl.String, "kind": pl.String})
+
+
+def _check_across_parts(keys, groups, table):
+    """The book rules that span parts: duplicate keys, one margin mode per account and symbol."""
+    keys = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    if len(keys) and np.any(keys[1:] == keys[:-1]):
+        raise BookError(table, "position_side", "(account_id, symbol, position_side) listed twice across parts")
+    g = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
+    if len(g) and np.any((g[1:] // 2) == (g[:-1] // 2)):
+        raise BookError(table, "margin_mode", "one account holds a symbol both cross and isolated (across parts)")
