@@ -31,7 +31,7 @@ def representable(tables) -> bool:
     """Every position's value stays inside 64-bit fixed-point money after a 4x move."""
     t = tables["positions"].join(tables["instruments"], on="symbol").join(tables["marks"], on="symbol")
     linear = (t["qty"].abs() * t["face_value"] * (t["mark_price"] + t["entry_price"])).max() or 0
-    inverse = (t["qty"].abs() * t["face_value"] / t["mark_price"]).max() or 0
+    inverse = (t["qty"].abs() * t["face_value"] * (1 / t["mark_price"] + 1 / t["entry_price"])).max() or 0
     return 8 * max(linear, inverse) < 5e10
 
 
@@ -39,10 +39,14 @@ def representable(tables) -> bool:
 def tick_paths(draw):
     tables = draw(books(max_symbols=3, max_accounts=4).filter(representable))
     symbols = tables["instruments"]["symbol"].to_list()
-    path = []
+    path, level = [], dict.fromkeys(symbols, 1.0)
     for _ in range(draw(st.integers(1, 8))):
         chosen = draw(st.lists(st.sampled_from(symbols), min_size=1, unique=True))
         moves = [draw(st.sampled_from([0.5, 0.8, 0.97, 0.999, 1.0, 1.001, 1.03, 1.25, 2.0])) for _ in chosen]
+        # stay within 4x of the start, where `representable` guarantees 64-bit money
+        moves = [m if 0.25 <= level[s] * m <= 4 else 1.0 for s, m in zip(chosen, moves)]
+        for s, m in zip(chosen, moves):
+            level[s] *= m
         path.append((chosen, moves))
     fund = draw(st.sampled_from([0.0, 0.0, 1.0, 1e9]))
     return tables, path, fund
