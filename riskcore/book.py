@@ -118,14 +118,14 @@ class Book:
         assets = sorted(set(assets) | set(acct_assets.cast(pl.String).unique().to_list()))
         inst.settle_asset = np.array([assets.index(a) for a in inst.settle_asset], dtype=np.int32)
         scales = np.array([(money_scale or {}).get(a, DEFAULT_MONEY_SCALE) for a in assets], np.int64)
-        wallets, wallet_index = _load_wallets(acct_df, acct_assets, assets, scales, names["accounts"])
-        pos = _load_positions(as_frame(positions, names["positions"]), inst, wallet_index, scales,
+        wallets = _load_wallets(acct_df, acct_assets, assets, scales, names["accounts"])
+        pos = _load_positions(as_frame(positions, names["positions"]), inst, wallets, scales,
                               names["positions"])
         wallets.pos_start = np.searchsorted(pos.wallet, np.arange(len(wallets) + 1)).astype(np.int64)
         if orders is None:
             ords = Orders(*(np.empty(0, t) for t in (np.int32, np.int32, float, float, float, bool)))
         else:
-            ords = _load_orders(as_frame(orders, names["orders"]), inst, wallet_index, pos, names["orders"])
+            ords = _load_orders(as_frame(orders, names["orders"]), inst, wallets, pos, names["orders"])
         wallets.order_margin = order_margin(ords, inst, len(wallets))
         book = cls(assets, scales, inst, wallets, pos, ords,
                    np.full(len(inst), np.nan), np.full(len(inst), np.nan))
@@ -272,22 +272,37 @@ def _load_wallets(df: pl.DataFrame, asset: pl.Series, assets: list[str], scales:
     if len(dup):
         raise BookError(t, "account_id", "(account_id, asset) listed twice", np.sort(np.r_[order[dup], order[dup - 1]]))
     balance = to_units(df["balance"], scales[asset_id], t)[order]
-    index = pl.DataFrame({"account_id": a_s, "asset": b_s,
-                          "_wallet": np.arange(len(order), dtype=np.int32)})
-    return Wallets(a_s, b_s, balance, np.zeros(1, np.int64), np.zeros(0)), index
+    return Wallets(a_s, b_s, balance, np.zeros(1, np.int64), np.zeros(0))
 
 
-def _wallet_of(account_id: np.ndarray, asset: np.ndarray, wallet_index: pl.DataFrame, t: str) -> np.ndarray:
-    w = pl.DataFrame({"account_id": account_id, "asset": asset}).join(
-        wallet_index, on=["account_id", "asset"], how="left", maintain_order="left")["_wallet"]
-    missing = w.is_null().to_numpy()
+def wallet_of(account_id: np.ndarray, asset: np.ndarray, wallets: Wallets) -> np.ndarray:
+    """Wallet id of each (account_id, asset), -1 where the book has no such wallet.
+
+    Wallets are sorted by (account, asset): binary search for the account, then a step
+    through its few wallets (no join against millions of wallet rows)."""
+    n = len(wallets)
+    found = np.full(len(account_id), -1, dtype=np.int64)
+    if not n or not len(account_id):
+        return found
+    first = np.searchsorted(wallets.account_id, account_id)
+    per_account = np.diff(np.flatnonzero(np.r_[True, wallets.account_id[1:] != wallets.account_id[:-1], True]))
+    for k in range(int(per_account.max())):
+        at = np.minimum(first + k, n - 1)
+        hit = (found < 0) & (wallets.account_id[at] == account_id) & (wallets.asset[at] == asset)
+        found[hit] = at[hit]
+    return found
+
+
+def _wallet_of(account_id: np.ndarray, asset: np.ndarray, wallets: Wallets, t: str) -> np.ndarray:
+    w = wallet_of(account_id, asset, wallets)
+    missing = w < 0
     if missing.any():
         raise BookError(t, "account_id", "no accounts row for this account and the symbol's settle asset",
                         np.flatnonzero(missing))
-    return w.to_numpy().astype(np.int32)
+    return w.astype(np.int32)
 
 
-def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFrame,
+def _load_positions(df: pl.DataFrame, inst: Instruments, wallets: Wallets,
                     scales: np.ndarray, t: str) -> Positions:
     account_id = int_col(df, t, "account_id")
     sym = codes(str_col(df, t, "symbol"), inst.symbol, t, "unknown symbol")
@@ -306,7 +321,7 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFr
     else:
         iso_margin = np.zeros(df.height, np.int64)
     check(isolated | (iso_margin == 0), t, "isolated_margin", "a cross position cannot hold isolated margin")
-    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallet_index, t)
+    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
 
     n_sym = len(inst)
     key = (wallet.astype(np.int64) * n_sym + sym) * len(SIDES) + side
@@ -332,7 +347,7 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFr
                      iso_margin[order])
 
 
-def _load_orders(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFrame, pos: Positions,
+def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Positions,
                  t: str) -> Orders:
     account_id = int_col(df, t, "account_id")
     sym = codes(str_col(df, t, "symbol"), inst.symbol, t, "unknown symbol")
@@ -343,7 +358,7 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallet_index: pl.DataFrame
     lev = float_col(df, t, "leverage")
     check(lev >= 1, t, "leverage", "leverage must be >= 1")
     isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
-    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallet_index, t)
+    wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
     # One margin mode per account and symbol (seed 004), across its positions and orders.
     n_sym = len(inst)
     held = pl.DataFrame({"g": pos.wallet.astype(np.int64) * n_sym + pos.symbol, "pos_iso": pos.isolated}).unique("g")

@@ -16,8 +16,8 @@ from .book import SIDES, Book
 from .errors import BookError
 from .money import to_units, units_to_decimal
 from .kernels import wallet_sums
-from .scan import ScanArrays, _categorical, scan_into
-from .tables import as_frame, codes, str_col
+from .scan import ScanArrays, scan_into
+from .tables import as_frame, categorical, codes, str_col
 
 EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_close", "adl_close",
                "insurance_fund_shortfall")
@@ -321,8 +321,8 @@ class Engine:
         sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
         return pl.DataFrame({
             "ts": pl.Series([_plain(e["ts"]) for e in ev]),
-            "kind": _categorical(np.array([e["kind"] for e in ev], dtype=np.int32), EVENT_KINDS),
-            "account_id": book.wallets.account_id[wal], "asset": _categorical(asset, book.assets),
+            "kind": categorical(np.array([e["kind"] for e in ev], dtype=np.int32), EVENT_KINDS),
+            "account_id": book.wallets.account_id[wal], "asset": categorical(asset, book.assets),
             "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
             "position_side": pl.Series(np.where(has_row, sides, None).tolist(), dtype=pl.String),
             "qty": np.array([e["qty"] for e in ev], dtype=np.float64),

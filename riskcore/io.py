@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
+from .tables import categorical
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
@@ -75,14 +76,12 @@ def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Ser
 
 def positions_table(book: Book, pos) -> pl.DataFrame:
     """Positions (the book's, or any Positions over its ids) as the SPEC §1 table."""
-    symbols = np.array(book.instruments.symbol, dtype=object)
     return pl.DataFrame({
         "account_id": book.wallets.account_id[pos.wallet],
-        "symbol": pl.Series(symbols[pos.symbol].tolist(), dtype=pl.Categorical),
-        "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side].tolist(), dtype=pl.Categorical),
+        "symbol": categorical(pos.symbol, book.instruments.symbol),
+        "position_side": categorical(pos.side, SIDES),
         "qty": pos.qty, "entry_price": pos.entry_price,
-        "margin_mode": pl.Series(np.array(MODES, dtype=object)[pos.isolated.astype(int)].tolist(),
-                                 dtype=pl.Categorical),
+        "margin_mode": categorical(pos.isolated.astype(np.int32), MODES),
         "leverage": pos.leverage,
         "isolated_margin": money_column(book, pos.isolated_margin, book.instruments.settle_asset[pos.symbol])})
 

@@ -133,6 +133,23 @@ def floor_grid(value: np.ndarray, gross: np.ndarray, places: np.ndarray, scale: 
     return units, ok
 
 
+def floor_ratio_grid(numerator: np.ndarray, gross: np.ndarray, places: np.ndarray, divisor: np.ndarray,
+                     divisor_places: np.ndarray, scale: np.ndarray):
+    """floor(numerator / divisor · 10^scale) where both are exact decimals (numerator with
+    `places` places, divisor with `divisor_places`): integer mantissas and one exact integer
+    floor division. Returns (units, ok); ok where every integer fits in 62 bits."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = (places >= 0) & (places <= MAX_PLACES) & (divisor_places >= 0) & (np.abs(gross * 10.0**places) < 2.0**47)
+        n = np.where(ok, np.rint(numerator * 10.0**places), 0.0).astype(np.int64)
+        m = np.where(ok, np.rint(divisor * 10.0**divisor_places), 1.0).astype(np.int64)
+        e = scale - places + divisor_places  # floor(n·10^e / m)
+        up, down = np.maximum(e, 0), np.maximum(-e, 0)
+        ok &= (np.abs(n * 10.0**up) < 2.0**62) & (np.abs(m * 10.0**down) < 2.0**62) & (m > 0)
+        num = np.where(ok, n, 0) * 10 ** np.where(ok, up, 0)
+        den = np.where(ok, m, 1) * 10 ** np.where(ok, down, 0)
+    return np.floor_divide(num, den), ok
+
+
 def floor_certified(units_f: np.ndarray, bound: np.ndarray):
     """floor of a float estimate whose absolute error is below `bound`: certified where the
     estimate is farther than the bound from an integer. Returns (units, ok)."""

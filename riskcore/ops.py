@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 from numba import njit, prange
 
-from .book import SIDES, Book
+from .book import SIDES, Book, wallet_of
 from .config import JIT, JIT_PARALLEL
 from .errors import BookError
 from .kernels import tier_of
@@ -200,7 +200,7 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
     reason[(reason == OK) & ~transfer & (sym < 0)] = UNKNOWN_SYMBOL
     asset = np.where(transfer, _codes(asset_text, book.assets),
                      np.where(sym < 0, -1, inst.settle_asset[np.maximum(sym, 0)]))
-    w = _wallet_lookup(book, account_id, asset)
+    w = wallet_of(account_id, asset.astype(np.int32), book.wallets)
     reason[(reason == OK) & ((w < 0) | (asset < 0))] = UNKNOWN_ACCOUNT
     side = _codes(side_text, SIDES)
     mode = _codes(mode_text, ("cross", "isolated"))
@@ -264,12 +264,3 @@ def _codes(text: np.ndarray, categories) -> np.ndarray:
     """Index of each text in categories, -1 where absent (malformed requests are rejected, not raised)."""
     index = {c: i for i, c in enumerate(categories)}
     return pl.Series(text, dtype=pl.String).replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
-
-
-def _wallet_lookup(book: Book, account_id: np.ndarray, asset: np.ndarray) -> np.ndarray:
-    wal = book.wallets
-    found = pl.DataFrame({"account_id": account_id, "asset": asset.astype(np.int32)}).join(
-        pl.DataFrame({"account_id": wal.account_id, "asset": wal.asset,
-                      "_w": np.arange(len(wal), dtype=np.int64)}),
-        on=["account_id", "asset"], how="left", maintain_order="left")["_w"]
-    return found.fill_null(-1).to_numpy()

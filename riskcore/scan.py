@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from .book import MODES, SIDES, Book
 from .kernels import position_pass, wallet_pass
+from .tables import categorical
 
 POSITION_FIGURES = ("notional", "upnl", "im", "mm", "fee", "roe", "margin_balance", "risk_ratio", "liq_price")
 ACCOUNT_FIGURES = ("equity", "cross_mm", "cross_im", "cross_fee", "risk_ratio", "available_balance",
@@ -60,10 +60,6 @@ def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: boo
 def _money(x: float) -> str:
     """Readable for USDT millions and BTC fractions alike."""
     return f"{x:>18,.2f}" if abs(x) >= 100 else f"{x:>18.8f}"
-
-
-def _categorical(codes: np.ndarray, categories) -> pl.Series:
-    return pl.from_arrow(pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(list(categories))))
 
 
 @dataclass
@@ -138,9 +134,9 @@ def _positions_frame(book: Book, out: ScanArrays) -> pl.DataFrame:
     pos = book.positions
     cols = {
         "account_id": pl.Series(book.wallets.account_id[pos.wallet]),
-        "symbol": _categorical(pos.symbol, book.instruments.symbol),
-        "position_side": _categorical(pos.side, SIDES),
-        "margin_mode": _categorical(pos.isolated.astype(np.int32), MODES),
+        "symbol": categorical(pos.symbol, book.instruments.symbol),
+        "position_side": categorical(pos.side, SIDES),
+        "margin_mode": categorical(pos.isolated.astype(np.int32), MODES),
         "qty": pl.Series(pos.qty),
     }
     for name in POSITION_FIGURES:
@@ -152,7 +148,7 @@ def _positions_frame(book: Book, out: ScanArrays) -> pl.DataFrame:
 def _accounts_frame(book: Book, out: ScanArrays) -> pl.DataFrame:
     wal, a = book.wallets, out.accounts
     cols = {"account_id": pl.Series(wal.account_id),
-            "asset": _categorical(wal.asset, book.assets)}
+            "asset": categorical(wal.asset, book.assets)}
     for name in ("equity", "cross_mm", "cross_im", "cross_fee"):
         cols[name] = pl.Series(a[name])
     cols["order_margin"] = pl.Series(wal.order_margin)

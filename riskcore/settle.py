@@ -10,6 +10,7 @@ and never touches the input.
 """
 
 import math
+from decimal import ROUND_FLOOR, Decimal, localcontext
 import os
 import shutil
 import sys
@@ -24,8 +25,9 @@ import pyarrow.parquet as pq
 from .book import SIDES, Book, _load_positions
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
+from .tables import categorical
 from .io import money_column, positions_table, read_table, table_path
-from .money import _EPS, add_places, decimal_places, exact, floor_certified, floor_grid
+from .money import _EPS, add_places, decimal_places, exact, floor_certified, floor_grid, floor_ratio_grid
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -86,6 +88,10 @@ def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[
             # linear amounts are decimals on a known grid: exact when the grid is fine enough;
             # otherwise (and for inverse contracts) a float provably away from a unit boundary
             grid, grid_ok = floor_grid(value, gross, np.where(inverse, -1, places), scale)
+            if step == "funding":  # inverse: an exact decimal over the price, as integers
+                num = -qty * face * r
+                ratio, ratio_ok = floor_ratio_grid(num, np.abs(num), np.where(inverse, places - dP, -1), P, dP, scale)
+                grid, grid_ok = np.where(inverse, ratio, grid), np.where(inverse, ratio_ok, grid_ok)
             cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
             units = np.where(grid_ok, grid, cert)
             ok = grid_ok | cert_ok | zero
@@ -98,12 +104,17 @@ def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[
 
 
 def _exact_amount(step, q, f, P, E, r, inverse, scale) -> int:
-    q, f, P, E, r = (exact(v) for v in (q, f, P, E, r))
-    if step == "funding":
-        value = -q * f * r / P if inverse else -q * f * P * r
-    else:
-        value = q * f * (1 / E - 1 / P) if inverse else q * f * (P - E)
-    units = math.floor(value * 10**scale)
+    """The rare row no vectorised path certifies: exact rational arithmetic."""
+    if inverse:
+        q, f, P, E, r = (exact(v) for v in (q, f, P, E, r))
+        value = -q * f * r / P if step == "funding" else q * f * (1 / E - 1 / P)
+        units = math.floor(value * 10**scale)
+    else:  # products and differences of decimals: exact in Decimal at this precision
+        with localcontext() as ctx:
+            ctx.prec = 120
+            q, f, P, E, r = (Decimal(repr(float(v))) for v in (q, f, P, E, r))
+            value = -q * f * P * r if step == "funding" else q * f * (P - E)
+            units = int(value.scaleb(scale).to_integral_value(rounding=ROUND_FLOOR))
     if abs(units) >= 2**62:
         raise BookError("positions", "qty", "a settlement amount exceeds 64-bit fixed point money")
     return units
@@ -148,8 +159,6 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     if funding is not None:
         _, rate = head.read_marks(read_table(funding).with_columns(pl.lit(1.0).alias("mark_price")), str(funding))
         rate_source = str(funding)
-    wallet_index = pl.DataFrame({"account_id": head.wallets.account_id, "asset": head.wallets.asset,
-                                 "_wallet": np.arange(len(head.wallets), dtype=np.int32)})
 
     pos_path = table_path(book_dir, "positions")
     if pos_path is None:
@@ -176,7 +185,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 df = pl.from_arrow(batch)
                 io_time += time.perf_counter() - t
                 try:
-                    pos = _load_positions(df, head.instruments, wallet_index, head.asset_scale, str(f))
+                    pos = _load_positions(df, head.instruments, head.wallets, head.asset_scale, str(f))
                 except BookError as e:  # rows relative to the file, not the batch
                     raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
                 _check_prices(head, pos, mark, rate, steps, str(marks), rate_source)
@@ -250,7 +259,7 @@ def _decimal(units: int, scale: int):
 
 
 def _check_prices(book, pos, mark, rate, steps, marks_name, rate_name):
-    held = np.unique(pos.symbol[pos.qty != 0])
+    held = np.flatnonzero(np.bincount(pos.symbol[pos.qty != 0], minlength=len(book.instruments)))
     names = book.instruments.symbol
     missing = held[np.isnan(mark[held])]
     if len(missing):
@@ -277,17 +286,16 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
             w = wallet_of[cross]
             starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
             delta[w[starts]] += np.add.reduceat(units[cross], starts)
-        for a in np.unique(asset):
-            sums[kind][a] += int(units[asset == a].sum(dtype=np.int64)) if len(units) else 0
+        for a in np.flatnonzero(np.bincount(asset, minlength=len(book.assets))):
+            sums[kind][a] += int(units[asset == a].sum(dtype=np.int64))
         nz = np.flatnonzero(units != 0)
         rows.append(pl.DataFrame({
             "account_id": book.wallets.account_id[pos.wallet[nz]],
-            "asset": np.array(book.assets, dtype=object)[asset[nz]].tolist(),
-            "symbol": np.array(book.instruments.symbol, dtype=object)[pos.symbol[nz]].tolist(),
-            "position_side": np.array(SIDES, dtype=object)[pos.side[nz]].tolist(),
-            "kind": [kind] * len(nz),
-            "amount": money_column(book, units[nz], asset[nz])},
-            schema_overrides={"asset": pl.String, "symbol": pl.String, "position_side": pl.String, "kind": pl.String}))
+            "asset": categorical(asset[nz], book.assets).cast(pl.String),
+            "symbol": categorical(pos.symbol[nz], book.instruments.symbol).cast(pl.String),
+            "position_side": categorical(pos.side[nz], SIDES).cast(pl.String),
+            "kind": pl.repeat(kind, len(nz), eager=True, dtype=pl.String),
+            "amount": money_column(book, units[nz], asset[nz])}))
     if "realize" in steps:
         pos.entry_price = np.where(pos.qty != 0, mark[pos.symbol], pos.entry_price)
     return pl.concat(rows)

@@ -106,3 +106,9 @@ def group_violations(sorted_idx: np.ndarray, starts: np.ndarray, bad_group: np.n
     lengths = np.diff(np.append(starts, len(sorted_idx)))
     member_bad = np.repeat(bad_group, lengths)
     return np.sort(sorted_idx[member_bad])
+
+
+def categorical(codes: np.ndarray, categories) -> pl.Series:
+    """A categorical column from integer codes without materialising a string per row."""
+    return pl.from_arrow(pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)),
+                                                         pa.array(list(categories), type=pa.string())))

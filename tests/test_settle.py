@@ -59,7 +59,8 @@ def ledger_units(out: Path):
 
 @st.composite
 def settlement_cases(draw):
-    tables = draw(books(max_symbols=3, max_accounts=4).filter(representable))
+    tables = draw(books(max_symbols=3, max_accounts=4).filter(representable).filter(
+        lambda t: HOUSE_ACCOUNT_ID not in t["accounts"]["account_id"].to_list()))
     symbols = tables["instruments"]["symbol"].to_list()
     marks = {s: draw(st.sampled_from([0.00012345, 0.5, 1.0, 102.5, 1335.18, 31967.27, 60000.0])) for s in symbols}
     rates = {s: draw(st.sampled_from([0.0, 0.0001, -0.0001, 0.000375, -0.0075, 0.01])) for s in symbols}
@@ -75,9 +76,14 @@ def test_ledger_matches_the_exact_reference(case):
         write_tables(tables, tmp / "book")
         pl.DataFrame({"symbol": list(marks), "mark_price": list(marks.values()),
                       "funding_rate": [rates[s] for s in marks]}).write_parquet(tmp / "marks.parquet")
-        settle(tmp / "book", tmp / "out", marks=tmp / "marks.parquet", settlement_id="s1", steps=steps, part_rows=3)
-        got = ledger_units(tmp / "out")
         want, house = reference(tables, marks, rates, steps)
+        try:
+            settle(tmp / "book", tmp / "out", marks=tmp / "marks.parquet", settlement_id="s1", steps=steps, part_rows=3)
+        except rc.BookError as e:  # refused only when an amount really is beyond 64-bit money
+            assert "exceeds 64-bit" in str(e) and max(map(abs, want.values())) >= 2**61, e
+            assert not (tmp / "out").exists()
+            return
+        got = ledger_units(tmp / "out")
         assert {k: v for k, v in got.items() if k[0] != HOUSE_ACCOUNT_ID} == want
         assert {(k[1], k[4]): v for k, v in got.items() if k[0] == HOUSE_ACCOUNT_ID} == house
         assert sum(got.values()) == 0
@@ -92,7 +98,7 @@ def test_ledger_matches_the_exact_reference(case):
         for k, v in got.items():
             if k[0] != HOUSE_ACCOUNT_ID:
                 per_wallet[(k[0], k[1])] += v
-        assert {k: v for k, v in change.items() if v} == dict(per_wallet)
+        assert {k: v for k, v in change.items() if v} == {k: v for k, v in per_wallet.items() if v}
         if "realize" in steps:  # entry prices now stand at the settlement prices
             pos = after.positions
             held = pos.qty != 0
