@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import riskcore as rc
-from baselines import polars_flags
+from riskcore.baselines import bandwidth_floor, numpy_flags, polars_flags
 from riskcore.gen import generate
 from riskcore.scan import ScanArrays, scan_into
 
@@ -59,3 +59,19 @@ def test_polars_pipeline_baseline(benchmark, size):
         "account_id", pl.col("symbol").cast(pl.String), pl.col("position_side").cast(pl.String))
     assert accounts.sort(pl.all()).equals(want_acc.sort(pl.all()))
     assert iso.sort(pl.all()).equals(want_iso.sort(pl.all()))
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_numpy_baseline(benchmark, size):
+    """Same flags as the kernel, checked against riskcore's."""
+    _, book, out = setup(size)
+    iso, wallets = benchmark(numpy_flags, book, book.mark)
+    scan_into(book, book.mark, out, with_positions=False)
+    assert (wallets == out.accounts["liquidate"]).all()
+    assert (iso == (out.positions["liquidate"] & book.positions.isolated)).all()
+
+
+@pytest.mark.parametrize("size", ["100k", "1M", "10M"])
+def test_bandwidth_floor(benchmark, size):
+    _, book, _ = setup(size)
+    benchmark(bandwidth_floor(book, 9))

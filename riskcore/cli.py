@@ -131,6 +131,15 @@ def cmd_settle(args) -> None:
     print(f"wrote the settled book, its settlements table and ledger/ to {args.out}")
 
 
+def cmd_bench(args) -> None:
+    from .bench import run, table, write_json
+    report = run(args.positions, args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(table(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+
+
 def cmd_demo(args) -> None:
     from .book import Book
     from .gen import generate
@@ -216,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--part-rows", type=int, default=1_000_000, help="positions per streamed part (bounds memory)")
     st.set_defaults(func=cmd_settle)
 
+    b = sub.add_parser("bench", help="the performance table: riskcore, baselines and bandwidth floor")
+    b.add_argument("--positions", type=int, default=1_000_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench)
+
     d = sub.add_parser("demo", help="generate a book, scan it, show what a risk desk looks at")
     d.add_argument("--accounts", type=int, default=100_000)
     d.add_argument("--positions", type=int, default=1_000_000)
@@ -228,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("scan", "demo", "gen", "apply", "replay", "settle"):
+        if args.command in ("scan", "demo", "gen", "apply", "replay", "settle", "bench"):
             _cold_cache_notice()
         args.func(args)
     except BookError as e:

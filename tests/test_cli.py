@@ -107,3 +107,26 @@ def test_folder_of_parts(book_dir, tmp_path, capsys):
     pos.slice(1000).write_parquet(parts / "positions" / "part-1.parquet")
     assert main(["scan", str(parts)]) == 0
     assert "scanned 3,000 positions" in capsys.readouterr().out
+
+
+def test_bench_table_and_json(tmp_path, capsys):
+    import json
+    assert main(["bench", "--positions", "20000", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "scan: all figures + liquidation prices" in out and "vs polars" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    ops = {r["operation"]: r for r in report["results"]}
+    assert ops["scan: flags + account figures"]["speedup_vs_polars"] > 0 and report["book"]["positions"] == 20000
+
+
+def test_compiled_cache_survives_a_thread_count_change(book_dir):
+    """numba #7518: cached parallel kernels once baked in the thread count; re-run from the
+    cache with 1 and then 2 threads and expect identical output."""
+    outputs = []
+    for threads in ("1", "2", "1"):
+        env = dict(__import__("os").environ, NUMBA_NUM_THREADS=threads)
+        run = subprocess.run([sys.executable, "-m", "riskcore", "scan", str(book_dir)], capture_output=True,
+                             text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        outputs.append(run.stdout.splitlines()[1:-1])  # drop timings
+    assert outputs[0] == outputs[1] == outputs[2]

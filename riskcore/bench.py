@@ -1,0 +1,129 @@
+"""`riskcore bench`: every hot operation on a generated book, side by side with the polars
+and numpy baselines and the bandwidth floor measured in the same process, so the ratios hold
+on a shared, noisy machine."""
+
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from .baselines import bandwidth_floor, numpy_flags, polars_flags
+from .book import Book
+from .engine import Engine
+from .gen import generate, generate_requests
+from .io import load_book, write_tables
+from .ops import apply_requests
+from .scan import ScanArrays, scan_into
+from .settle import settle
+
+
+def _times(fn, repeats: int, budget_s: float = 20.0) -> np.ndarray:
+    fn()  # warm: compilation, caches, first-touch of buffers
+    out, start = [], time.perf_counter()
+    while len(out) < repeats and (len(out) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(positions: int = 1_000_000, seed: int = 0, repeats: int = 9, log=print) -> dict:
+    accounts = max(1, positions // 10)
+    symbols = 500 if positions >= 1_000_000 else max(20, min(200, positions // 500))
+    log(f"generating a book of {positions:,} positions, {accounts:,} accounts, {symbols} symbols ...")
+    tables = generate(accounts, positions, symbols, seed)
+    book = Book.from_tables(**tables)
+    out = ScanArrays.empty(len(book.positions), len(book.wallets))
+    rows = len(book.positions)
+    results = []
+
+    def record(name, times, rows_done, baselines=None, floor=None):
+        med = float(np.median(times))
+        row = dict(operation=name, median_ms=med * 1e3, p99_ms=float(np.percentile(times, 99)) * 1e3,
+                   runs=len(times), rows_per_s=rows_done / med, peak_rss_mb=_peak_rss_mb())
+        for base, t in (baselines or {}).items():
+            row[f"speedup_vs_{base}"] = t / med
+        if floor is not None:
+            row["x_floor"] = med / floor
+        results.append(row)
+        log(f"  {name}: median {med * 1e3:,.2f} ms")
+
+    log("measuring (medians of repeated runs, same process) ...")
+    polars_t = float(np.median(_times(lambda: polars_flags(tables), 3)))
+    numpy_t = float(np.median(_times(lambda: numpy_flags(book, book.mark), 3)))
+    record("baseline: polars pipeline (flags)", [polars_t], rows)
+    record("baseline: numpy pipeline (flags)", [numpy_t], rows)
+    for name, n_out, kwargs in (("scan: flags + account figures", 4, dict(with_positions=False)),
+                                ("scan: all figures (SPEC §2-3)", 8, dict(with_liq_price=False)),
+                                ("scan: all figures + liquidation prices", 9, {})):
+        floor = float(np.median(_times(bandwidth_floor(book, n_out), repeats)))
+        times = _times(lambda: scan_into(book, book.mark, out, **kwargs), repeats)
+        record(name, times, rows, dict(polars=polars_t, numpy=numpy_t), floor)
+        record(f"  floor: move those bytes once ({n_out} float outputs)", [floor], rows)
+
+    engine = Engine(book)
+    rng = np.random.default_rng(seed)
+    n_sym = len(book.instruments)
+    ts = [0]
+
+    def tick(m):
+        s = np.sort(rng.choice(n_sym, m, replace=False))
+        ts[0] += 1
+        engine.on_symbol_marks(s, engine.mark[s] * np.exp(rng.normal(0, 0.001, m)), ts[0])
+
+    touched = np.diff(engine._sym_row_start)
+    record(f"tick: 1 of {n_sym} symbols (uniform; median {int(np.median(touched)):,} rows)",
+           _times(lambda: tick(1), max(repeats, 200), 10.0), float(np.mean(touched)))
+    record(f"tick: all {n_sym} symbols", _times(lambda: tick(n_sym), repeats), rows)
+
+    requests = generate_requests(tables, max(1, positions // 10), seed)
+    record(f"margin requests: {requests.height:,}", _times(lambda: apply_requests(book, requests), 3),
+           requests.height)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tables(tables, Path(tmp) / "book")
+        tables["marks"].write_parquet(Path(tmp) / "marks.parquet")
+        record("Parquet load + validation (load_book)", _times(lambda: load_book(Path(tmp) / "book"), 3), rows)
+        k = [0]
+
+        def settle_once():
+            k[0] += 1
+            settle(Path(tmp) / "book", Path(tmp) / f"out{k[0]}", marks=Path(tmp) / "marks.parquet",
+                   settlement_id=f"b{k[0]}")
+        record("settlement, Parquet in and out", _times(settle_once, 3), rows)
+    return dict(machine=dict(platform=platform.platform(), python=sys.version.split()[0], cpus=os.cpu_count(),
+                             numba_threads=numba.get_num_threads(), numba=numba.__version__),
+                book=dict(positions=rows, wallets=len(book.wallets), accounts=accounts, symbols=n_sym),
+                results=results)
+
+
+def table(report: dict) -> str:
+    m, b = report["machine"], report["book"]
+    lines = [f"riskcore bench: {b['positions']:,} positions, {b['wallets']:,} wallets, {b['symbols']} symbols; "
+             f"{m['cpus']} CPUs, {m['numba_threads']} numba threads, {m['platform']}",
+             f"{'operation':<58} {'median':>11} {'p99':>11} {'rows/s':>10} {'vs polars':>9} {'vs numpy':>9} "
+             f"{'x floor':>8} {'peak RSS':>9}"]
+    for r in report["results"]:
+        def ratio(key, fmt="{:.1f}x"):
+            return fmt.format(r[key]) if key in r else ""
+        lines.append(f"{r['operation']:<58} {r['median_ms']:>9,.2f}ms {r['p99_ms']:>9,.2f}ms "
+                     f"{r['rows_per_s'] / 1e6:>8,.1f}M/s {ratio('speedup_vs_polars'):>9} {ratio('speedup_vs_numpy'):>9} "
+                     f"{ratio('x_floor'):>8} {r['peak_rss_mb']:>7,.0f}MB")
+    lines.append("vs polars/numpy: how many times faster than that baseline computing the same flags; x floor: "
+                 "how many times the time to move the operation's bytes once; peak RSS: the process's high-water "
+                 "mark so far")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2))
