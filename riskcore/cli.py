@@ -79,7 +79,7 @@ def cmd_replay(args) -> None:
     ticks = read_table(args.ticks)
     require(ticks, str(args.ticks), "ts", "symbol", "mark_price")
     fund = read_table(args.insurance_fund) if args.insurance_fund else None
-    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund, liq_prices=args.liq_prices)
+    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund)
     # Ticks are runs of rows with equal ts, in file order; names are mapped to ids once.
     ts = ticks["ts"].to_numpy()
     price = ticks["mark_price"].cast(pl.Float64).to_numpy()
@@ -212,7 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, metavar="DIR", required=True)
     r.add_argument("--liquidate", action="store_true", help="execute forced closes, insurance fund and ADL")
     r.add_argument("--insurance-fund", type=Path, metavar="FILE", help="asset, balance (default 0 everywhere)")
-    r.add_argument("--liq-prices", action="store_true", help="keep liquidation prices current on every tick")
     r.set_defaults(func=cmd_replay)
 
     st = sub.add_parser("settle", help="nightly funding and daily settlement, exact ledger (SPEC §7)")

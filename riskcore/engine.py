@@ -15,7 +15,7 @@ import polars as pl
 from .book import SIDES, Book
 from .errors import BookError
 from .money import to_units, units_to_decimal
-from .kernels import wallet_sums
+from .kernels import NOTIONAL, tick_rows, tick_wallets
 from .scan import ScanArrays, scan_into
 from .tables import as_frame, categorical, codes, str_col
 
@@ -23,6 +23,7 @@ EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_clo
                "insurance_fund_shortfall")
 ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, LIQUIDATION_CLOSE, ADL_CLOSE, FUND_SHORTFALL = range(5)
 FULL_SCAN_SHARE = 0.3  # a tick touching more rows than this share of the book re-scans everything
+RESYNC_EVERY = 1000    # ticks between exact recomputations of the running sums
 
 
 class TickError(BookError):
@@ -34,18 +35,22 @@ class Engine:
 
     `liquidate=True` executes forced closes as liquidations appear (the engine then owns a
     copy of the book and mutates it). `insurance_fund` is a table (`asset`, `balance`), absent
-    = 0 in every asset. `liq_prices=True` keeps liquidation prices current too (slower ticks).
+    = 0 in every asset. `resync_every` ticks the running sums are recomputed exactly.
+
+    State: the account figures in `out.accounts` (by wallet id), kept current every tick;
+    the per-position figures symbol-major (`position_figures()` gives them in book order).
     """
 
     def __init__(self, book: Book, marks=None, *, liquidate: bool = False, insurance_fund=None,
-                 liq_prices: bool = False):
+                 resync_every: int = RESYNC_EVERY):
         self.book = deepcopy(book) if liquidate else book
         book = self.book
         mark = book.mark if marks is None else book.read_marks(marks)[0]
         book.check_marks(mark)
         self.mark = mark.copy()
         self.execute = liquidate
-        self.liq_prices = liq_prices
+        self.resync_every = resync_every
+        self._ticks = 0
         self.fund = self._read_fund(insurance_fund)
         self.ts = None
         pos, n_sym = book.positions, len(book.instruments)
@@ -58,12 +63,24 @@ class Engine:
         self.out = ScanArrays.empty(len(pos), len(book.wallets))
         self.order_cancelled = np.zeros(len(book.orders), dtype=bool)
         self._events: list[dict] = []
-        scan_into(book, self.mark, self.out, with_liq_price=liq_prices)
+        n_w = len(book.wallets)
+        self._w_sums = np.zeros((n_w, 6))
+        self._w_iso_margin = np.zeros(n_w)
+        self._w_open_cross = np.zeros(n_w, dtype=bool)
+        perm = self._sym_rows
+        self._row_of = np.empty(len(pos), dtype=np.int64)  # book row → symbol-major index
+        self._row_of[perm] = np.arange(len(pos))
+        self._s = {name: getattr(pos, name)[perm].copy() for name in
+                   ("symbol", "qty", "entry_unit", "inv_leverage", "isolated", "isolated_margin")}
+        self._s["wallet"] = pos.wallet[perm].astype(np.int64)
+        self._s.update({name: np.zeros(len(pos)) for name in ("upnl", "mm", "im", "fee", "notional")})
+        self._s["liquidate"] = np.zeros(len(pos), dtype=bool)
+        self._resync()
         # what is liquidatable at load is reported once, with no timestamp
-        self._report(np.arange(len(book.wallets)), np.flatnonzero(pos.isolated),
-                     np.zeros(len(book.wallets), bool), np.zeros(int(pos.isolated.sum()), bool))
+        self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
+        self._report_positions(np.flatnonzero(self._s["isolated"]), np.zeros(int(pos.isolated.sum()), bool))
         if liquidate:
-            self._liquidate(None, None)
+            self._liquidate(np.arange(len(pos)), np.arange(n_w))
 
     # -- ticks ---------------------------------------------------------------------------
     def on_marks(self, symbols, prices, ts=None) -> int:
@@ -86,12 +103,66 @@ class Engine:
         sym, price = self._check_tick(sym, prices, ts)
         self.mark[sym] = price
         self.ts = ts if ts is not None else self.ts
-        rows, wallets = self._affected(sym)
         n_before = len(self._events)
-        self._rescan(rows, wallets)
+        sym = np.sort(sym)
+        starts, ends = self._sym_row_start[sym], self._sym_row_start[sym + 1]
+        self._ticks += 1
+        if (ends - starts).sum() > FULL_SCAN_SHARE * len(self.book.positions) or self._ticks % self.resync_every == 0:
+            rows = np.arange(len(self.book.positions))
+            wallets = np.arange(len(self.book.wallets))
+            old_acct, old_pos = self.out.accounts["liquidate"].copy(), self._s["liquidate"].copy()
+            self._resync()
+        else:
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(sym) > 1 \
+                else np.arange(starts[0], ends[0])
+            wallets = self._wallets_of_symbols(sym)
+            old_acct, old_pos = self.out.accounts["liquidate"][wallets], self._s["liquidate"][rows]
+            face_mark, direction = self.book.face_mark(self.mark)
+            s, inst, a = self._s, self.book.instruments, self.out.accounts
+            tick_rows(starts, ends, s["symbol"], s["qty"], s["entry_unit"], s["inv_leverage"], s["isolated"],
+                      s["isolated_margin"], s["wallet"], self.book.symbol_unit, face_mark, direction,
+                      inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
+                      inst.tier_cum, s["upnl"], s["mm"], s["im"], s["fee"], s["notional"], s["liquidate"],
+                      self._w_sums)
+            self._refresh_wallets(wallets)
+        self._report_accounts(wallets, old_acct)
+        iso = self._s["isolated"][rows]
+        self._report_positions(rows[iso], old_pos[iso])
         if self.execute:
             self._liquidate(rows, wallets)
         return len(self._events) - n_before
+
+    def _refresh_wallets(self, wallets):
+        wal, a = self.book.wallets, self.out.accounts
+        tick_wallets(wallets, self._w_sums, self._w_iso_margin, self._w_open_cross, wal.balance, self.book.wallet_unit,
+                     wal.order_margin, a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
+                     a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"])
+
+    def _resync(self, wallets=None):
+        """Recompute exactly (no running sums) the given wallets, or everything: book-order
+        figures by the scan kernels, then the symbol-major copy and the wallets' sums."""
+        pos = self.book.positions
+        if wallets is None:
+            rows = None
+        else:
+            lo, hi = self.book.wallets.pos_start[wallets], self.book.wallets.pos_start[wallets + 1]
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(wallets) else np.zeros(0, np.int64)
+        scan_into(self.book, self.mark, self.out, with_liq_price=False, rows=rows, wallets=wallets,
+                  sums=(self._w_sums, self._w_iso_margin, self._w_open_cross))
+        book_rows = np.arange(len(pos)) if rows is None else rows
+        j = self._row_of[book_rows]
+        p, s = self.out.positions, self._s
+        for name in ("qty", "isolated", "isolated_margin", "entry_unit", "inv_leverage"):
+            s[name][j] = getattr(pos, name)[book_rows]
+        for name in ("upnl", "mm", "im", "fee", "notional"):
+            s[name][j] = p[name][book_rows]
+        s["liquidate"][j] = p["liquidate"][book_rows] & pos.isolated[book_rows]
+
+    def _wallets_of_symbols(self, sym):
+        wlo, whi = self._sym_wallet_start[sym], self._sym_wallet_start[sym + 1]
+        if len(sym) == 1:
+            return self._sym_wallets[wlo[0]:whi[0]]
+        return np.unique(np.concatenate([self._sym_wallets[a:b] for a, b in zip(wlo, whi)]))
 
     def _check_tick(self, sym, prices, ts):
         table = "tick" if ts is None else f"tick at {ts}"
@@ -108,37 +179,22 @@ class Engine:
             raise TickError(table, "ts", f"time goes backwards (last tick at {self.ts})")
         return sym, price
 
-    def _affected(self, sym):
-        """Rows of the changed symbols and the wallets holding them (None, None: everything)."""
-        lo, hi = self._sym_row_start[sym], self._sym_row_start[sym + 1]
-        if (hi - lo).sum() > FULL_SCAN_SHARE * len(self.book.positions):
-            return None, None
-        rows = np.concatenate([self._sym_rows[a:b] for a, b in zip(lo, hi)]) if len(sym) > 1 \
-            else self._sym_rows[lo[0]:hi[0]]
-        wlo, whi = self._sym_wallet_start[sym], self._sym_wallet_start[sym + 1]
-        wallets = np.unique(np.concatenate([self._sym_wallets[a:b] for a, b in zip(wlo, whi)])) if len(sym) > 1 \
-            else self._sym_wallets[wlo[0]:whi[0]]
-        return rows, wallets
+    def _report_accounts(self, wallets, old):
+        """Events for wallets that became liquidatable (edge-triggered: again only after recovery)."""
+        a = self.out.accounts
+        for w in wallets[a["liquidate"][wallets] & ~old]:
+            self._event(ACCOUNT_LIQUIDATABLE, w, -1, equity=a["equity"][w], mm=a["cross_mm"][w],
+                        risk_ratio=a["risk_ratio"][w])
 
-    def _rescan(self, rows, wallets):
-        p, a = self.out.positions, self.out.accounts
-        all_wallets = np.arange(len(self.book.wallets)) if wallets is None else wallets
-        iso_rows = np.flatnonzero(self.book.positions.isolated) if rows is None else rows[self.book.positions.isolated[rows]]
-        old_acct = a["liquidate"][all_wallets].copy()
-        old_pos = p["liquidate"][iso_rows].copy()
-        scan_into(self.book, self.mark, self.out, with_liq_price=self.liq_prices, rows=rows, wallets=wallets)
-        self._report(all_wallets, iso_rows, old_acct, old_pos)
-
-    def _report(self, wallets, iso_rows, old_acct, old_pos):
-        """Events for what became liquidatable (edge-triggered: again only after recovery)."""
-        a, p = self.out.accounts, self.out.positions
-        for w in wallets[a["liquidate"][wallets] & ~old_acct]:
-            self._event(ACCOUNT_LIQUIDATABLE, w, -1, price=np.nan,
-                        equity=a["equity"][w], mm=a["cross_mm"][w], risk_ratio=a["risk_ratio"][w])
-        for i in iso_rows[p["liquidate"][iso_rows] & ~old_pos]:
-            self._event(POSITION_LIQUIDATABLE, self.book.positions.wallet[i], i,
-                        qty=self.book.positions.qty[i], price=self.mark[self.book.positions.symbol[i]],
-                        equity=p["margin_balance"][i], mm=p["mm"][i], risk_ratio=p["risk_ratio"][i])
+    def _report_positions(self, js, old):
+        """Events for isolated positions (symbol-major indexes) that became liquidatable."""
+        s, pos = self._s, self.book.positions
+        for j in js[s["liquidate"][js] & ~old]:
+            i = self._sym_rows[j]
+            margin_balance = s["isolated_margin"][j] * self.book.symbol_unit[s["symbol"][j]] + s["upnl"][j]
+            risk = (s["mm"][j] + s["fee"][j]) / margin_balance if margin_balance > 0 else np.inf
+            self._event(POSITION_LIQUIDATABLE, pos.wallet[i], i, qty=pos.qty[i], price=self.mark[pos.symbol[i]],
+                        equity=margin_balance, mm=s["mm"][j], risk_ratio=risk)
 
     def _event(self, kind, wallet, row, qty=np.nan, price=np.nan, realized=0, fund=0, equity=np.nan,
                mm=np.nan, risk_ratio=np.nan):
@@ -147,17 +203,16 @@ class Engine:
                                  risk_ratio=risk_ratio))
 
     # -- forced liquidation ---------------------------------------------------------------
-    def _liquidate(self, rows, wallets, max_rounds: int = 20):
+    def _liquidate(self, js, wallets, max_rounds: int = 20):
         """Close every liquidatable cross wallet and isolated position among those just
-        re-checked, re-check what the closes touched (ADL counterparties included), and
-        repeat while that makes new liquidations."""
-        book, p, a = self.book, self.out.positions, self.out.accounts
+        re-checked (`js` symbol-major rows), re-check exactly the wallets the closes touched
+        (ADL counterparties included), and repeat while that makes new liquidations."""
+        book, a, s = self.book, self.out.accounts, self._s
         pos = book.positions
-        wallets = np.arange(len(book.wallets)) if wallets is None else wallets
-        rows = np.arange(len(pos)) if rows is None else rows
         for _ in range(max_rounds):
             touched: set[int] = set()
-            for i in rows[pos.isolated[rows] & p["liquidate"][rows] & (pos.qty[rows] != 0)]:
+            for j in js[s["isolated"][js] & s["liquidate"][js] & (s["qty"][js] != 0)]:
+                i = self._sym_rows[j]
                 touched |= self._close(np.array([i]), pos.wallet[i], isolated=True)
             for w in wallets[a["liquidate"][wallets]]:
                 start, end = book.wallets.pos_start[w], book.wallets.pos_start[w + 1]
@@ -168,7 +223,14 @@ class Engine:
                 return
             rows = np.array(sorted(touched), dtype=np.int64)
             wallets = np.unique(pos.wallet[rows]).astype(np.int64)
-            self._rescan(rows, wallets)
+            old_acct = a["liquidate"][wallets].copy()
+            lo, hi = book.wallets.pos_start[wallets], book.wallets.pos_start[wallets + 1]
+            js = self._row_of[np.concatenate([np.arange(x, y) for x, y in zip(lo, hi)])]
+            old_pos = s["liquidate"][js].copy()
+            self._resync(wallets)
+            self._report_accounts(wallets, old_acct)
+            iso = s["isolated"][js]
+            self._report_positions(js[iso], old_pos[iso])
 
     def _close(self, rows, w, isolated: bool) -> set[int]:
         """Close `rows` (one isolated position, or a wallet's cross positions) at the mark.
@@ -178,7 +240,7 @@ class Engine:
         or, when the fund cannot, the positions are closed against opposite positions (ADL)
         at their bankruptcy prices so that the account ends at exactly zero.
         """
-        book, p = self.book, self.out.positions
+        book = self.book
         pos, inst = book.positions, book.instruments
         s_of = pos.symbol[rows]
         asset = inst.settle_asset[s_of[0]]
@@ -243,21 +305,22 @@ class Engine:
         """Close position i's quantity against opposite positions of its symbol, best ADL rank
         first (BitMEX: pnl% × effective leverage when in profit, pnl% / effective leverage
         otherwise), at `price`. Returns the quantity left unmatched."""
-        book, p, a = self.book, self.out.positions, self.out.accounts
+        book, a = self.book, self.out.accounts
         pos, inst = book.positions, book.instruments
         s = pos.symbol[i]
         rows = self._sym_rows[self._sym_row_start[s]:self._sym_row_start[s + 1]]
         rows = rows[(pos.qty[rows] * pos.qty[i] < 0) & (pos.wallet[rows] != pos.wallet[i])]
         need = abs(pos.qty[i])
         if len(rows) and need > 0:
-            pnl_pct = p["upnl"][rows] / (np.abs(pos.qty[rows]) * pos.entry_unit[rows])
+            upnl, notional = self._value(rows)
+            pnl_pct = upnl / (np.abs(pos.qty[rows]) * pos.entry_unit[rows])
             wal = pos.wallet[rows].astype(np.int64)
             # a cross position's margin is its notional share of the account's equity
-            cross_notional = wallet_sums(wal, book.wallets.pos_start, p["notional"], ~pos.isolated)
+            cross_notional = self._w_sums[wal, NOTIONAL]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                margin = np.where(pos.isolated[rows], p["margin_balance"][rows],
-                                  a["equity"][wal] * p["notional"][rows] / cross_notional)
-                eff = np.where(margin > 0, p["notional"][rows] / margin, np.inf)
+                margin = np.where(pos.isolated[rows], pos.isolated_margin[rows] * book.symbol_unit[s] + upnl,
+                                  a["equity"][wal] * notional / cross_notional)
+                eff = np.where(margin > 0, notional / margin, np.inf)
                 rank = np.where(pnl_pct > 0, pnl_pct * eff, pnl_pct / eff)
             for c in rows[np.argsort(-rank, kind="stable")]:
                 take = min(need, abs(pos.qty[c]))
@@ -332,6 +395,11 @@ class Engine:
             "mm": np.array([e["mm"] for e in ev], dtype=np.float64),
             "risk_ratio": np.array([e["risk_ratio"] for e in ev], dtype=np.float64),
         })
+
+    def position_figures(self) -> dict[str, np.ndarray]:
+        """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in
+        book order."""
+        return {name: self._s[name][self._row_of] for name in ("upnl", "mm", "im", "fee", "notional", "liquidate")}
 
     def insurance_fund(self) -> pl.DataFrame:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8

@@ -14,6 +14,10 @@ from numba import njit, prange
 
 from .config import JIT, JIT_PARALLEL
 
+# columns of the per-wallet sums the tick engine keeps: cross upnl, mm, im, fee, notional;
+# isolated upnl (one row of six floats per wallet: one cache line)
+UPNL, MM, IM, FEE, NOTIONAL, ISO_UPNL = range(6)
+
 
 @njit(**JIT)
 def tier_of(notional, t0, t1, tier_floor):
@@ -41,6 +45,44 @@ def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
         rate = mm_fraction * inv_leverage
         cum = 0.0
     return rate, cum
+
+
+@njit(**JIT)
+def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_fraction,
+                t0, t1, tier_floor, tier_mmr, tier_cum):
+    """(notional, upnl, im, mm, fee) of one position (SPEC §2), division-free: the symbol's
+    face·P (face/P inverse) and ±1 come per tick, face·E (face/E) and 1/leverage per position.
+    All zero when flat, even where the symbol has no mark (NaN)."""
+    notional = abs(qty) * face_mark
+    upnl = direction * qty * (face_mark - entry_unit)
+    im = notional * inv_leverage
+    k = tier_of(notional, t0, t1, tier_floor)
+    rate, cum = mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
+    mm = notional * rate - cum
+    fee = notional * taker
+    if qty == 0.0:
+        notional = 0.0
+        upnl = 0.0
+        im = 0.0
+        mm = 0.0
+        fee = 0.0
+    return notional, upnl, im, mm, fee
+
+
+@njit(**JIT)
+def account_figures(balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin):
+    """(equity, risk_ratio, available_balance, transferable, total_equity, liquidate) of a
+    wallet from its sums (SPEC §3)."""
+    equity = balance + upnl_sum
+    if not has_cross:
+        risk_ratio = 0.0
+    elif equity <= 0.0:
+        risk_ratio = np.inf
+    else:
+        risk_ratio = (mm_sum + fee_sum) / equity
+    return (equity, risk_ratio, max(0.0, equity - im_sum - order_margin),
+            max(0.0, min(balance, equity - mm_sum - order_margin)), equity + iso_equity,
+            has_cross and equity - fee_sum <= mm_sum)
 
 
 @njit(**JIT)
@@ -181,19 +223,9 @@ def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolate
         i = np.int64(j) if all_rows else rows[j]
         s = symbol[i]
         q = qty[i]
-        notional = abs(q) * face_mark[s]
-        upnl = direction[s] * q * (face_mark[s] - entry_unit[i])
-        im = notional * inv_leverage[i]
-        k = tier_of(notional, tier_start[s], tier_start[s + 1], tier_floor)
-        rate, cum = mm_rate(k, inv_leverage[i], mm_fraction[s], tier_mmr, tier_cum)
-        mm = notional * rate - cum
-        fee = notional * taker[s]
-        if q == 0.0:  # flat: zeros, even where the symbol has no mark (NaN)
-            notional = 0.0
-            upnl = 0.0
-            im = 0.0
-            mm = 0.0
-            fee = 0.0
+        notional, upnl, im, mm, fee = row_figures(q, entry_unit[i], inv_leverage[i], face_mark[s], direction[s],
+                                                  taker[s], mm_fraction[s], tier_start[s], tier_start[s + 1],
+                                                  tier_floor, tier_mmr, tier_cum)
         p_upnl[i] = upnl
         p_im[i] = im
         p_mm[i] = mm
@@ -226,9 +258,11 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 tier_start, tier_floor, tier_mmr, tier_cum, mark,
                 p_upnl, p_im, p_mm, p_fee, with_liq_price, p_liq_price, p_liquidate,
                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
-                a_available, a_transferable, a_total_equity, a_liquidate):
+                a_available, a_transferable, a_total_equity, a_liquidate,
+                with_sums, p_notional, w_sums, w_iso_margin, w_open_cross):
     """Account figures (SPEC §3) of `wallets` from the position pass, cross flags onto their
-    positions, and liquidation prices (§4). Each thread owns whole wallets: segmented sums."""
+    positions, and liquidation prices (§4). Each thread owns whole wallets: segmented sums.
+    with_sums also keeps each wallet's sums (the tick engine's starting point for deltas)."""
     for j in prange(len(wallets)):
         w = wallets[j]
         start, end = pos_start[w], pos_start[w + 1]
@@ -248,23 +282,35 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 fee_sum += p_fee[i]
                 has_cross = has_cross or qty[i] != 0.0
         balance = balance_units[w] * wallet_unit[w]
-        equity = balance + upnl_sum
-        liquidate = has_cross and equity - fee_sum <= mm_sum
-        om = order_margin[w]
+        equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
+            balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin[w])
         a_equity[w] = equity
         a_cross_mm[w] = mm_sum
         a_cross_im[w] = im_sum
         a_cross_fee[w] = fee_sum
-        if not has_cross:
-            a_risk_ratio[w] = 0.0
-        elif equity <= 0.0:
-            a_risk_ratio[w] = np.inf
-        else:
-            a_risk_ratio[w] = (mm_sum + fee_sum) / equity
-        a_available[w] = max(0.0, equity - im_sum - om)
-        a_transferable[w] = max(0.0, min(balance, equity - mm_sum - om))
-        a_total_equity[w] = equity + iso_equity
+        a_risk_ratio[w] = risk_ratio
+        a_available[w] = available
+        a_transferable[w] = transferable
+        a_total_equity[w] = total_equity
         a_liquidate[w] = liquidate
+        if with_sums:
+            iso_margin = 0.0
+            iso_upnl = 0.0
+            cross_notional = 0.0
+            for i in range(start, end):
+                if isolated[i]:
+                    iso_margin += isolated_units[i] * symbol_unit[symbol[i]]
+                    iso_upnl += p_upnl[i]
+                else:
+                    cross_notional += p_notional[i]
+            w_sums[w, UPNL] = upnl_sum
+            w_sums[w, MM] = mm_sum
+            w_sums[w, IM] = im_sum
+            w_sums[w, FEE] = fee_sum
+            w_sums[w, NOTIONAL] = cross_notional
+            w_sums[w, ISO_UPNL] = iso_upnl
+            w_iso_margin[w] = iso_margin
+            w_open_cross[w] = has_cross
         for i in range(start, end):
             if not isolated[i]:
                 p_liquidate[i] = liquidate and qty[i] != 0.0
@@ -323,3 +369,55 @@ def wallet_sums(wallets, pos_start, values, include):
                 total += values[i]
         out[j] = total
     return out
+
+
+@njit(**JIT)
+def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
+              s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
+              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_sums):
+    """A tick's rows, symbol-major (each symbol's rows one contiguous slice): new figures,
+    and each row's change added to its wallet's sums. One thread, so the adds cannot race."""
+    for g in range(len(starts)):
+        for j in range(starts[g], ends[g]):
+            s = s_symbol[j]
+            q = s_qty[j]
+            notional, upnl, im, mm, fee = row_figures(q, s_entry_unit[j], s_inv_leverage[j], face_mark[s],
+                                                      direction[s], taker[s], mm_fraction[s], tier_start[s],
+                                                      tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
+            w = s_wallet[j]
+            if s_isolated[j]:
+                w_sums[w, ISO_UPNL] += upnl - s_upnl[j]
+                s_liquidate[j] = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
+            else:
+                w_sums[w, UPNL] += upnl - s_upnl[j]
+                w_sums[w, MM] += mm - s_mm[j]
+                w_sums[w, IM] += im - s_im[j]
+                w_sums[w, FEE] += fee - s_fee[j]
+                w_sums[w, NOTIONAL] += notional - s_notional[j]
+            s_upnl[j] = upnl
+            s_mm[j] = mm
+            s_im[j] = im
+            s_fee[j] = fee
+            s_notional[j] = notional
+
+
+@njit(**JIT)
+def tick_wallets(wallets, w_sums, w_iso_margin, w_open_cross, balance_units, wallet_unit, order_margin,
+                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio, a_available, a_transferable,
+                 a_total_equity, a_liquidate):
+    """Account figures of `wallets` from their running sums."""
+    for j in range(len(wallets)):
+        w = wallets[j]
+        balance = balance_units[w] * wallet_unit[w]
+        equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
+            balance, w_sums[w, UPNL], w_sums[w, MM], w_sums[w, IM], w_sums[w, FEE],
+            w_iso_margin[w] + w_sums[w, ISO_UPNL], w_open_cross[w], order_margin[w])
+        a_equity[w] = equity
+        a_cross_mm[w] = w_sums[w, MM]
+        a_cross_im[w] = w_sums[w, IM]
+        a_cross_fee[w] = w_sums[w, FEE]
+        a_risk_ratio[w] = risk_ratio
+        a_available[w] = available
+        a_transferable[w] = transferable
+        a_total_equity[w] = total_equity
+        a_liquidate[w] = liquidate

@@ -33,9 +33,10 @@ class ScanArrays:
 
 def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: bool = True,
               with_liq_price: bool = True, rows: np.ndarray | None = None,
-              wallets: np.ndarray | None = None) -> None:
+              wallets: np.ndarray | None = None, sums: tuple | None = None) -> None:
     """Run both kernel passes at `mark`, writing into `out`: over the whole book, or over
-    `rows` (positions) and then `wallets` (which must hold every wallet of those rows)."""
+    `rows` (positions) and then `wallets` (which must hold every wallet of those rows).
+    `sums` = (w_sums, w_iso_margin, w_open_cross) also records each wallet's sums."""
     inst, wal, pos = book.instruments, book.wallets, book.positions
     p, a = out.positions, out.accounts
     face_mark, direction = book.face_mark(mark)
@@ -54,7 +55,11 @@ def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: boo
                 book.symbol_unit, inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, mark,
                 p["upnl"], p["im"], p["mm"], p["fee"], with_positions and with_liq_price, p["liq_price"],
                 p["liquidate"], a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
-                a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"])
+                a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"],
+                sums is not None, p["notional"], *(sums if sums is not None else _NO_SUMS))
+
+
+_NO_SUMS = (np.zeros((0, 6)), np.zeros(0), np.zeros(0, dtype=bool))
 
 
 def _money(x: float) -> str:
