@@ -15,15 +15,15 @@ import polars as pl
 from .book import SIDES, Book
 from .errors import BookError
 from .money import to_units, units_to_decimal
-from .kernels import NOTIONAL, tick_rows, tick_wallets
-from .scan import ScanArrays, scan_into
+from .kernels import NOTIONAL, WALLET_STATE, tick_rows, tick_wallets
+from .scan import ACCOUNT_FIGURES, ScanArrays, scan_into
 from .tables import as_frame, categorical, codes, str_col
 
 EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_close", "adl_close",
                "insurance_fund_shortfall")
 ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, LIQUIDATION_CLOSE, ADL_CLOSE, FUND_SHORTFALL = range(5)
-FULL_SCAN_SHARE = 0.3  # a tick touching more rows than this share of the book re-scans everything
-RESYNC_EVERY = 1000    # ticks between exact recomputations of the running sums
+RESYNC_EVERY = 10_000  # ticks between exact recomputations of the running sums
+FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is an exact parallel full scan
 
 
 class TickError(BookError):
@@ -60,13 +60,12 @@ class Engine:
         pairs = np.unique(pos.symbol.astype(np.int64) * len(book.wallets) + pos.wallet)
         self._sym_wallets = (pairs % max(len(book.wallets), 1)).astype(np.int64)
         self._sym_wallet_start = np.searchsorted(pairs // max(len(book.wallets), 1), np.arange(n_sym + 1))
-        self.out = ScanArrays.empty(len(pos), len(book.wallets))
+        n_w = len(book.wallets)
+        self._accounts = np.zeros((n_w, len(ACCOUNT_FIGURES)))  # one row per wallet: see tick_wallets
+        self.out = ScanArrays.empty(len(pos), n_w, packed_accounts=self._accounts)
         self.order_cancelled = np.zeros(len(book.orders), dtype=bool)
         self._events: list[dict] = []
-        n_w = len(book.wallets)
-        self._w_sums = np.zeros((n_w, 6))
-        self._w_iso_margin = np.zeros(n_w)
-        self._w_open_cross = np.zeros(n_w, dtype=bool)
+        self._w_state = np.zeros((n_w, WALLET_STATE))
         perm = self._sym_rows
         self._row_of = np.empty(len(pos), dtype=np.int64)  # book row → symbol-major index
         self._row_of[perm] = np.arange(len(pos))
@@ -75,12 +74,14 @@ class Engine:
         self._s["wallet"] = pos.wallet[perm].astype(np.int64)
         self._s.update({name: np.zeros(len(pos)) for name in ("upnl", "mm", "im", "fee", "notional")})
         self._s["liquidate"] = np.zeros(len(pos), dtype=bool)
+        self._stale = np.zeros(len(book.instruments), dtype=bool)
         self._resync()
         # what is liquidatable at load is reported once, with no timestamp
         self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
-        self._report_positions(np.flatnonzero(self._s["isolated"]), np.zeros(int(pos.isolated.sum()), bool))
+        iso = np.flatnonzero(pos.isolated)
+        self._report_positions(iso, np.zeros(len(iso), bool))
         if liquidate:
-            self._liquidate(np.arange(len(pos)), np.arange(n_w))
+            self._liquidate(np.arange(n_w))
 
     # -- ticks ---------------------------------------------------------------------------
     def on_marks(self, symbols, prices, ts=None) -> int:
@@ -107,36 +108,54 @@ class Engine:
         sym = np.sort(sym)
         starts, ends = self._sym_row_start[sym], self._sym_row_start[sym + 1]
         self._ticks += 1
-        if (ends - starts).sum() > FULL_SCAN_SHARE * len(self.book.positions) or self._ticks % self.resync_every == 0:
-            rows = np.arange(len(self.book.positions))
+        pos, p = self.book.positions, self.out.positions
+        if (ends - starts).sum() > FULL_SCAN_SHARE * len(pos) or self._ticks % self.resync_every == 0:
+            # most of the book moved: an exact parallel scan in book order; the symbol-major
+            # copies go stale and are refreshed symbol by symbol when a small tick needs them
+            iso = np.flatnonzero(pos.isolated)
+            old_acct, old_iso = self.out.accounts["liquidate"].copy(), p["liquidate"][iso]
+            scan_into(self.book, self.mark, self.out, with_liq_price=False, sums=self._w_state)
+            self._stale[:] = True
             wallets = np.arange(len(self.book.wallets))
-            old_acct, old_pos = self.out.accounts["liquidate"].copy(), self._s["liquidate"].copy()
-            self._resync()
+            self._report_accounts(wallets, old_acct)
+            self._report_positions(iso, old_iso)
         else:
-            rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(sym) > 1 \
+            self._refresh_stale(sym[self._stale[sym]])
+            js = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(sym) > 1 \
                 else np.arange(starts[0], ends[0])
             wallets = self._wallets_of_symbols(sym)
-            old_acct, old_pos = self.out.accounts["liquidate"][wallets], self._s["liquidate"][rows]
+            old_acct = self.out.accounts["liquidate"][wallets]
             face_mark, direction = self.book.face_mark(self.mark)
-            s, inst, a = self._s, self.book.instruments, self.out.accounts
+            s, inst = self._s, self.book.instruments
+            iso_js = js[s["isolated"][js]]
+            old_iso = s["liquidate"][iso_js]
             tick_rows(starts, ends, s["symbol"], s["qty"], s["entry_unit"], s["inv_leverage"], s["isolated"],
                       s["isolated_margin"], s["wallet"], self.book.symbol_unit, face_mark, direction,
                       inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
                       inst.tier_cum, s["upnl"], s["mm"], s["im"], s["fee"], s["notional"], s["liquidate"],
-                      self._w_sums)
+                      self._w_state)
+            iso_rows = self._sym_rows[iso_js]
+            p["liquidate"][iso_rows] = s["liquidate"][iso_js]  # book-order isolated flags stay current
             self._refresh_wallets(wallets)
-        self._report_accounts(wallets, old_acct)
-        iso = self._s["isolated"][rows]
-        self._report_positions(rows[iso], old_pos[iso])
+            self._report_accounts(wallets, old_acct)
+            self._report_positions(iso_rows, old_iso)
         if self.execute:
-            self._liquidate(rows, wallets)
+            self._liquidate(wallets)
         return len(self._events) - n_before
 
+    def _refresh_stale(self, symbols):
+        """Bring the symbol-major figures of `symbols` up to date from the book-order ones."""
+        p, s = self.out.positions, self._s
+        for sym in symbols:
+            lo, hi = self._sym_row_start[sym], self._sym_row_start[sym + 1]
+            rows = self._sym_rows[lo:hi]
+            for name in ("upnl", "mm", "im", "fee", "notional", "liquidate"):
+                s[name][lo:hi] = p[name][rows]
+            s["liquidate"][lo:hi] &= s["isolated"][lo:hi]
+            self._stale[sym] = False
+
     def _refresh_wallets(self, wallets):
-        wal, a = self.book.wallets, self.out.accounts
-        tick_wallets(wallets, self._w_sums, self._w_iso_margin, self._w_open_cross, wal.balance, self.book.wallet_unit,
-                     wal.order_margin, a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
-                     a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"])
+        tick_wallets(wallets, self._w_state, self._accounts, self.out.accounts["liquidate"])
 
     def _resync(self, wallets=None):
         """Recompute exactly (no running sums) the given wallets, or everything: book-order
@@ -147,16 +166,23 @@ class Engine:
         else:
             lo, hi = self.book.wallets.pos_start[wallets], self.book.wallets.pos_start[wallets + 1]
             rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(wallets) else np.zeros(0, np.int64)
-        scan_into(self.book, self.mark, self.out, with_liq_price=False, rows=rows, wallets=wallets,
-                  sums=(self._w_sums, self._w_iso_margin, self._w_open_cross))
-        book_rows = np.arange(len(pos)) if rows is None else rows
-        j = self._row_of[book_rows]
+        scan_into(self.book, self.mark, self.out, with_liq_price=False, rows=rows, wallets=wallets, sums=self._w_state)
         p, s = self.out.positions, self._s
+        if rows is None:  # everything: gather into symbol-major order
+            perm = self._sym_rows
+            for name in ("qty", "isolated", "isolated_margin", "entry_unit", "inv_leverage"):
+                np.take(getattr(pos, name), perm, out=s[name])
+            for name in ("upnl", "mm", "im", "fee", "notional"):
+                np.take(p[name], perm, out=s[name])
+            np.take(p["liquidate"] & pos.isolated, perm, out=s["liquidate"])
+            self._stale[:] = False
+            return
+        j = self._row_of[rows]
         for name in ("qty", "isolated", "isolated_margin", "entry_unit", "inv_leverage"):
-            s[name][j] = getattr(pos, name)[book_rows]
+            s[name][j] = getattr(pos, name)[rows]
         for name in ("upnl", "mm", "im", "fee", "notional"):
-            s[name][j] = p[name][book_rows]
-        s["liquidate"][j] = p["liquidate"][book_rows] & pos.isolated[book_rows]
+            s[name][j] = p[name][rows]
+        s["liquidate"][j] = p["liquidate"][rows] & pos.isolated[rows]
 
     def _wallets_of_symbols(self, sym):
         wlo, whi = self._sym_wallet_start[sym], self._sym_wallet_start[sym + 1]
@@ -186,15 +212,22 @@ class Engine:
             self._event(ACCOUNT_LIQUIDATABLE, w, -1, equity=a["equity"][w], mm=a["cross_mm"][w],
                         risk_ratio=a["risk_ratio"][w])
 
-    def _report_positions(self, js, old):
-        """Events for isolated positions (symbol-major indexes) that became liquidatable."""
-        s, pos = self._s, self.book.positions
-        for j in js[s["liquidate"][js] & ~old]:
-            i = self._sym_rows[j]
-            margin_balance = s["isolated_margin"][j] * self.book.symbol_unit[s["symbol"][j]] + s["upnl"][j]
-            risk = (s["mm"][j] + s["fee"][j]) / margin_balance if margin_balance > 0 else np.inf
+    def _report_positions(self, rows, old):
+        """Events for isolated positions (book rows) that became liquidatable."""
+        pos, p = self.book.positions, self.out.positions
+        for i in rows[p["liquidate"][rows] & ~old]:
+            f = self._row_figures(i)
+            margin_balance = pos.isolated_margin[i] * self.book.symbol_unit[pos.symbol[i]] + f["upnl"]
+            risk = (f["mm"] + f["fee"]) / margin_balance if margin_balance > 0 else np.inf
             self._event(POSITION_LIQUIDATABLE, pos.wallet[i], i, qty=pos.qty[i], price=self.mark[pos.symbol[i]],
-                        equity=margin_balance, mm=s["mm"][j], risk_ratio=risk)
+                        equity=margin_balance, mm=f["mm"], risk_ratio=risk)
+
+    def _row_figures(self, i) -> dict:
+        """Current figures of book row i, from whichever order holds them."""
+        if self._stale[self.book.positions.symbol[i]]:
+            return {name: self.out.positions[name][i] for name in ("upnl", "mm", "fee", "notional")}
+        j = self._row_of[i]
+        return {name: self._s[name][j] for name in ("upnl", "mm", "fee", "notional")}
 
     def _event(self, kind, wallet, row, qty=np.nan, price=np.nan, realized=0, fund=0, equity=np.nan,
                mm=np.nan, risk_ratio=np.nan):
@@ -203,34 +236,34 @@ class Engine:
                                  risk_ratio=risk_ratio))
 
     # -- forced liquidation ---------------------------------------------------------------
-    def _liquidate(self, js, wallets, max_rounds: int = 20):
-        """Close every liquidatable cross wallet and isolated position among those just
-        re-checked (`js` symbol-major rows), re-check exactly the wallets the closes touched
-        (ADL counterparties included), and repeat while that makes new liquidations."""
-        book, a, s = self.book, self.out.accounts, self._s
+    def _liquidate(self, wallets, max_rounds: int = 20):
+        """Close every liquidatable cross wallet and isolated position in `wallets` (those
+        just re-checked), re-check exactly the wallets the closes touched (ADL counterparties
+        included), and repeat while that makes new liquidations."""
+        book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
         for _ in range(max_rounds):
             touched: set[int] = set()
-            for j in js[s["isolated"][js] & s["liquidate"][js] & (s["qty"][js] != 0)]:
-                i = self._sym_rows[j]
-                touched |= self._close(np.array([i]), pos.wallet[i], isolated=True)
-            for w in wallets[a["liquidate"][wallets]]:
+            for w in wallets:
                 start, end = book.wallets.pos_start[w], book.wallets.pos_start[w + 1]
-                cross = np.arange(start, end)[~pos.isolated[start:end] & (pos.qty[start:end] != 0)]
-                if len(cross):
-                    touched |= self._close(cross, w, isolated=False)
+                rows = np.arange(start, end)
+                for i in rows[pos.isolated[start:end] & p["liquidate"][start:end] & (pos.qty[start:end] != 0)]:
+                    touched |= self._close(np.array([i]), w, isolated=True)
+                if a["liquidate"][w]:
+                    cross = rows[~pos.isolated[start:end] & (pos.qty[start:end] != 0)]
+                    if len(cross):
+                        touched |= self._close(cross, w, isolated=False)
             if not touched:
                 return
             rows = np.array(sorted(touched), dtype=np.int64)
             wallets = np.unique(pos.wallet[rows]).astype(np.int64)
-            old_acct = a["liquidate"][wallets].copy()
             lo, hi = book.wallets.pos_start[wallets], book.wallets.pos_start[wallets + 1]
-            js = self._row_of[np.concatenate([np.arange(x, y) for x, y in zip(lo, hi)])]
-            old_pos = s["liquidate"][js].copy()
+            all_rows = np.concatenate([np.arange(x, y) for x, y in zip(lo, hi)])
+            iso = all_rows[pos.isolated[all_rows]]
+            old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
             self._resync(wallets)
             self._report_accounts(wallets, old_acct)
-            iso = s["isolated"][js]
-            self._report_positions(js[iso], old_pos[iso])
+            self._report_positions(iso, old_iso)
 
     def _close(self, rows, w, isolated: bool) -> set[int]:
         """Close `rows` (one isolated position, or a wallet's cross positions) at the mark.
@@ -316,7 +349,7 @@ class Engine:
             pnl_pct = upnl / (np.abs(pos.qty[rows]) * pos.entry_unit[rows])
             wal = pos.wallet[rows].astype(np.int64)
             # a cross position's margin is its notional share of the account's equity
-            cross_notional = self._w_sums[wal, NOTIONAL]
+            cross_notional = self._w_state[wal, NOTIONAL]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 margin = np.where(pos.isolated[rows], pos.isolated_margin[rows] * book.symbol_unit[s] + upnl,
                                   a["equity"][wal] * notional / cross_notional)
@@ -399,6 +432,7 @@ class Engine:
     def position_figures(self) -> dict[str, np.ndarray]:
         """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in
         book order."""
+        self._refresh_stale(np.flatnonzero(self._stale))
         return {name: self._s[name][self._row_of] for name in ("upnl", "mm", "im", "fee", "notional", "liquidate")}
 
     def insurance_fund(self) -> pl.DataFrame:

@@ -14,9 +14,12 @@ from numba import njit, prange
 
 from .config import JIT, JIT_PARALLEL
 
-# columns of the per-wallet sums the tick engine keeps: cross upnl, mm, im, fee, notional;
-# isolated upnl (one row of six floats per wallet: one cache line)
-UPNL, MM, IM, FEE, NOTIONAL, ISO_UPNL = range(6)
+# The tick engine's per-wallet state, one row per wallet so a wallet costs two cache lines,
+# not one per column: running sums of its cross positions' upnl, mm, im, fee, notional, of
+# its isolated positions' upnl and margin, whether it has an open cross position, its
+# balance and order margin.
+UPNL, MM, IM, FEE, NOTIONAL, ISO_UPNL, ISO_MARGIN, OPEN_CROSS, BALANCE, ORDER_MARGIN = range(10)
+WALLET_STATE = 10
 
 
 @njit(**JIT)
@@ -259,7 +262,7 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 p_upnl, p_im, p_mm, p_fee, with_liq_price, p_liq_price, p_liquidate,
                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
                 a_available, a_transferable, a_total_equity, a_liquidate,
-                with_sums, p_notional, w_sums, w_iso_margin, w_open_cross):
+                with_sums, p_notional, w_state):
     """Account figures (SPEC §3) of `wallets` from the position pass, cross flags onto their
     positions, and liquidation prices (§4). Each thread owns whole wallets: segmented sums.
     with_sums also keeps each wallet's sums (the tick engine's starting point for deltas)."""
@@ -303,14 +306,16 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                     iso_upnl += p_upnl[i]
                 else:
                     cross_notional += p_notional[i]
-            w_sums[w, UPNL] = upnl_sum
-            w_sums[w, MM] = mm_sum
-            w_sums[w, IM] = im_sum
-            w_sums[w, FEE] = fee_sum
-            w_sums[w, NOTIONAL] = cross_notional
-            w_sums[w, ISO_UPNL] = iso_upnl
-            w_iso_margin[w] = iso_margin
-            w_open_cross[w] = has_cross
+            w_state[w, UPNL] = upnl_sum
+            w_state[w, MM] = mm_sum
+            w_state[w, IM] = im_sum
+            w_state[w, FEE] = fee_sum
+            w_state[w, NOTIONAL] = cross_notional
+            w_state[w, ISO_UPNL] = iso_upnl
+            w_state[w, ISO_MARGIN] = iso_margin
+            w_state[w, OPEN_CROSS] = 1.0 if has_cross else 0.0
+            w_state[w, BALANCE] = balance
+            w_state[w, ORDER_MARGIN] = order_margin[w]
         for i in range(start, end):
             if not isolated[i]:
                 p_liquidate[i] = liquidate and qty[i] != 0.0
@@ -374,7 +379,7 @@ def wallet_sums(wallets, pos_start, values, include):
 @njit(**JIT)
 def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
               s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
-              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_sums):
+              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state):
     """A tick's rows, symbol-major (each symbol's rows one contiguous slice): new figures,
     and each row's change added to its wallet's sums. One thread, so the adds cannot race."""
     for g in range(len(starts)):
@@ -386,14 +391,14 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
                                                       tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
             w = s_wallet[j]
             if s_isolated[j]:
-                w_sums[w, ISO_UPNL] += upnl - s_upnl[j]
+                w_state[w, ISO_UPNL] += upnl - s_upnl[j]
                 s_liquidate[j] = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
             else:
-                w_sums[w, UPNL] += upnl - s_upnl[j]
-                w_sums[w, MM] += mm - s_mm[j]
-                w_sums[w, IM] += im - s_im[j]
-                w_sums[w, FEE] += fee - s_fee[j]
-                w_sums[w, NOTIONAL] += notional - s_notional[j]
+                w_state[w, UPNL] += upnl - s_upnl[j]
+                w_state[w, MM] += mm - s_mm[j]
+                w_state[w, IM] += im - s_im[j]
+                w_state[w, FEE] += fee - s_fee[j]
+                w_state[w, NOTIONAL] += notional - s_notional[j]
             s_upnl[j] = upnl
             s_mm[j] = mm
             s_im[j] = im
@@ -402,22 +407,21 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
 
 
 @njit(**JIT)
-def tick_wallets(wallets, w_sums, w_iso_margin, w_open_cross, balance_units, wallet_unit, order_margin,
-                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio, a_available, a_transferable,
-                 a_total_equity, a_liquidate):
-    """Account figures of `wallets` from their running sums."""
+def tick_wallets(wallets, w_state, accounts, a_liquidate):
+    """Account figures of `wallets` from their running state, into the packed `accounts`
+    rows (equity, cross_mm, cross_im, cross_fee, risk_ratio, available_balance, transferable,
+    total_equity)."""
     for j in range(len(wallets)):
         w = wallets[j]
-        balance = balance_units[w] * wallet_unit[w]
         equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
-            balance, w_sums[w, UPNL], w_sums[w, MM], w_sums[w, IM], w_sums[w, FEE],
-            w_iso_margin[w] + w_sums[w, ISO_UPNL], w_open_cross[w], order_margin[w])
-        a_equity[w] = equity
-        a_cross_mm[w] = w_sums[w, MM]
-        a_cross_im[w] = w_sums[w, IM]
-        a_cross_fee[w] = w_sums[w, FEE]
-        a_risk_ratio[w] = risk_ratio
-        a_available[w] = available
-        a_transferable[w] = transferable
-        a_total_equity[w] = total_equity
+            w_state[w, BALANCE], w_state[w, UPNL], w_state[w, MM], w_state[w, IM], w_state[w, FEE],
+            w_state[w, ISO_MARGIN] + w_state[w, ISO_UPNL], w_state[w, OPEN_CROSS] != 0.0, w_state[w, ORDER_MARGIN])
+        accounts[w, 0] = equity
+        accounts[w, 1] = w_state[w, MM]
+        accounts[w, 2] = w_state[w, IM]
+        accounts[w, 3] = w_state[w, FEE]
+        accounts[w, 4] = risk_ratio
+        accounts[w, 5] = available
+        accounts[w, 6] = transferable
+        accounts[w, 7] = total_equity
         a_liquidate[w] = liquidate

@@ -23,10 +23,15 @@ class ScanArrays:
     accounts: dict[str, np.ndarray]
 
     @classmethod
-    def empty(cls, n_positions: int, n_wallets: int):
+    def empty(cls, n_positions: int, n_wallets: int, packed_accounts: np.ndarray | None = None):
+        """Fresh buffers; account figures may be views into one row-per-wallet array
+        (columns in ACCOUNT_FIGURES order), as the tick engine keeps them."""
         pos = {name: np.empty(n_positions) for name in POSITION_FIGURES}
         pos["liquidate"] = np.zeros(n_positions, dtype=bool)
-        acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES}
+        if packed_accounts is None:
+            acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES}
+        else:
+            acct = {name: packed_accounts[:, k] for k, name in enumerate(ACCOUNT_FIGURES)}
         acct["liquidate"] = np.zeros(n_wallets, dtype=bool)
         return cls(pos, acct)
 
@@ -36,7 +41,7 @@ def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: boo
               wallets: np.ndarray | None = None, sums: tuple | None = None) -> None:
     """Run both kernel passes at `mark`, writing into `out`: over the whole book, or over
     `rows` (positions) and then `wallets` (which must hold every wallet of those rows).
-    `sums` = (w_sums, w_iso_margin, w_open_cross) also records each wallet's sums."""
+    `sums` (n_wallets × kernels.WALLET_STATE) also records each wallet's running state."""
     inst, wal, pos = book.instruments, book.wallets, book.positions
     p, a = out.positions, out.accounts
     face_mark, direction = book.face_mark(mark)
@@ -56,10 +61,10 @@ def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: boo
                 p["upnl"], p["im"], p["mm"], p["fee"], with_positions and with_liq_price, p["liq_price"],
                 p["liquidate"], a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
                 a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"],
-                sums is not None, p["notional"], *(sums if sums is not None else _NO_SUMS))
+                sums is not None, p["notional"], sums if sums is not None else _NO_SUMS)
 
 
-_NO_SUMS = (np.zeros((0, 6)), np.zeros(0), np.zeros(0, dtype=bool))
+_NO_SUMS = np.zeros((0, 1))
 
 
 def _money(x: float) -> str:
