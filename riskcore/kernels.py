@@ -376,42 +376,53 @@ def wallet_sums(wallets, pos_start, values, include):
     return out
 
 
-@njit(**JIT)
+@njit(**JIT_PARALLEL)
 def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
               s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
               tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state):
-    """A tick's rows, symbol-major (each symbol's rows one contiguous slice): new figures,
-    and each row's change added to its wallet's sums. One thread, so the adds cannot race."""
+    """A tick's rows, symbol-major (each symbol's rows one contiguous slice, grouped by
+    wallet): new figures, and each row's change added to its wallet's running state.
+    Symbols go one after another (a wallet may hold several); within a symbol, chunks cut at
+    wallet boundaries run in parallel, so no two threads ever add to one wallet."""
+    chunks = 8
     for g in range(len(starts)):
-        for j in range(starts[g], ends[g]):
-            s = s_symbol[j]
-            q = s_qty[j]
-            notional, upnl, im, mm, fee = row_figures(q, s_entry_unit[j], s_inv_leverage[j], face_mark[s],
-                                                      direction[s], taker[s], mm_fraction[s], tier_start[s],
-                                                      tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
-            w = s_wallet[j]
-            if s_isolated[j]:
-                w_state[w, ISO_UPNL] += upnl - s_upnl[j]
-                s_liquidate[j] = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
-            else:
-                w_state[w, UPNL] += upnl - s_upnl[j]
-                w_state[w, MM] += mm - s_mm[j]
-                w_state[w, IM] += im - s_im[j]
-                w_state[w, FEE] += fee - s_fee[j]
-                w_state[w, NOTIONAL] += notional - s_notional[j]
-            s_upnl[j] = upnl
-            s_mm[j] = mm
-            s_im[j] = im
-            s_fee[j] = fee
-            s_notional[j] = notional
+        lo, hi = starts[g], ends[g]
+        for c in prange(chunks):
+            a = lo + (hi - lo) * c // chunks
+            b = lo + (hi - lo) * (c + 1) // chunks
+            while a > lo and a < hi and s_wallet[a] == s_wallet[a - 1]:  # start at a wallet's first row
+                a += 1
+            while b > lo and b < hi and s_wallet[b] == s_wallet[b - 1]:  # end after a wallet's last row
+                b += 1
+            for j in range(a, b):
+                s = s_symbol[j]
+                q = s_qty[j]
+                notional, upnl, im, mm, fee = row_figures(q, s_entry_unit[j], s_inv_leverage[j], face_mark[s],
+                                                          direction[s], taker[s], mm_fraction[s], tier_start[s],
+                                                          tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
+                w = s_wallet[j]
+                if s_isolated[j]:
+                    w_state[w, ISO_UPNL] += upnl - s_upnl[j]
+                    s_liquidate[j] = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
+                else:
+                    w_state[w, UPNL] += upnl - s_upnl[j]
+                    w_state[w, MM] += mm - s_mm[j]
+                    w_state[w, IM] += im - s_im[j]
+                    w_state[w, FEE] += fee - s_fee[j]
+                    w_state[w, NOTIONAL] += notional - s_notional[j]
+                s_upnl[j] = upnl
+                s_mm[j] = mm
+                s_im[j] = im
+                s_fee[j] = fee
+                s_notional[j] = notional
 
 
-@njit(**JIT)
+@njit(**JIT_PARALLEL)
 def tick_wallets(wallets, w_state, accounts, a_liquidate):
     """Account figures of `wallets` from their running state, into the packed `accounts`
     rows (equity, cross_mm, cross_im, cross_fee, risk_ratio, available_balance, transferable,
     total_equity)."""
-    for j in range(len(wallets)):
+    for j in prange(len(wallets)):
         w = wallets[j]
         equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
             w_state[w, BALANCE], w_state[w, UPNL], w_state[w, MM], w_state[w, IM], w_state[w, FEE],
