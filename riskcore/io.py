@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,21 +118,18 @@ def book_tables(book: Book) -> dict[str, pl.DataFrame]:
     )
 
 
-def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
-    """Write tables as OUT/NAME.parquet, money as exact decimal (SPEC §7), all or nothing:
-    the files go to a temporary folder renamed into place at the end."""
-    out = Path(out_dir)
+@contextmanager
+def atomic_dir(out: Path | str):
+    """Yield a hidden staging folder beside `out`. On success it replaces `out` whole; on any
+    failure (or a kill) `out` is untouched. Staging folders left by killed runs are removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
-        for name, df in tables.items():
-            table = df.to_arrow()
-            money = MONEY_COLUMNS.get(name)
-            if money is not None and not isinstance(df[money].dtype, pl.Decimal):
-                table = table.set_column(table.schema.get_field_index(money), money,
-                                         units_to_decimal(to_units(df[money], scale, name), scale))
-            pq.write_table(table, tmp / f"{name}.parquet")
+        yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -142,3 +140,15 @@ def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: in
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
+    """Write tables as OUT/NAME.parquet, money as exact decimal (SPEC §7), all or nothing."""
+    with atomic_dir(out_dir) as tmp:
+        for name, df in tables.items():
+            table = df.to_arrow()
+            money = MONEY_COLUMNS.get(name)
+            if money is not None and not isinstance(df[money].dtype, pl.Decimal):
+                table = table.set_column(table.schema.get_field_index(money), money,
+                                         units_to_decimal(to_units(df[money], scale, name), scale))
+            pq.write_table(table, tmp / f"{name}.parquet")

@@ -11,8 +11,6 @@ and never touches the input.
 
 import math
 from decimal import ROUND_FLOOR, Decimal, localcontext
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from .book import SIDES, Book, _load_positions
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
 from .tables import categorical
-from .io import money_column, positions_table, read_table, table_path
+from .io import atomic_dir, money_column, positions_table, read_table, table_path
 from .money import _EPS, add_places, decimal_places, exact, floor_certified, floor_grid, floor_ratio_grid
 
 KINDS = ("funding", "realize")
@@ -165,16 +163,14 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         raise BookError(str(book_dir / "positions.parquet"), None, "missing table")
     files = sorted(pos_path.rglob("*.parquet")) if pos_path.is_dir() else [pos_path]
     total_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "positions").mkdir(parents=True)
-    (tmp / "ledger").mkdir()
     delta = np.zeros(len(head.wallets), dtype=np.int64)
     n_assets = len(head.assets)
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
     keys, groups = [], []
     part = 0
-    try:
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "positions").mkdir()
+        (tmp / "ledger").mkdir()
         from tqdm import tqdm
         bar = tqdm(total=total_rows, unit="pos", unit_scale=True, file=sys.stderr,
                    disable=not (progress and sys.stderr.isatty()))
@@ -229,17 +225,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                                  "applied_at": [np.datetime64("now", "us").item()]},
                                 schema={"settlement_id": pl.String, "steps": pl.String,
                                         "applied_at": pl.Datetime("us")})]).write_parquet(tmp / "settlements.parquet")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
         io_time += time.perf_counter() - t
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     totals = pl.DataFrame({
         "asset": [a for k in steps for a in head.assets], "kind": [k for k in steps for _ in head.assets],
         "accounts": [str(_decimal(int(sums[k][i]), head.asset_scale[i])) for k in steps for i in range(n_assets)],
