@@ -75,6 +75,8 @@ class Engine:
         self._s.update({name: np.zeros(len(pos)) for name in ("upnl", "mm", "im", "fee", "notional")})
         self._s["liquidate"] = np.zeros(len(pos), dtype=bool)
         self._stale = np.zeros(len(book.instruments), dtype=bool)
+        self._became = np.zeros(len(pos), dtype=bool)           # scratch: rows that became liquidatable
+        self._became_wallets = np.zeros(n_w, dtype=bool)        # scratch: wallets that did
         self._resync()
         # what is liquidatable at load is reported once, with no timestamp
         self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
@@ -121,24 +123,21 @@ class Engine:
             self._report_positions(iso, old_iso)
         else:
             self._refresh_stale(sym[self._stale[sym]])
-            js = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(sym) > 1 \
-                else np.arange(starts[0], ends[0])
             wallets = self._wallets_of_symbols(sym)
-            old_acct = self.out.accounts["liquidate"][wallets]
             face_mark, direction = self.book.face_mark(self.mark)
             s, inst = self._s, self.book.instruments
-            iso_js = js[s["isolated"][js]]
-            old_iso = s["liquidate"][iso_js]
             tick_rows(starts, ends, s["symbol"], s["qty"], s["entry_unit"], s["inv_leverage"], s["isolated"],
                       s["isolated_margin"], s["wallet"], self.book.symbol_unit, face_mark, direction,
                       inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
                       inst.tier_cum, s["upnl"], s["mm"], s["im"], s["fee"], s["notional"], s["liquidate"],
-                      self._w_state)
-            iso_rows = self._sym_rows[iso_js]
-            p["liquidate"][iso_rows] = s["liquidate"][iso_js]  # book-order isolated flags stay current
-            self._refresh_wallets(wallets)
-            self._report_accounts(wallets, old_acct)
-            self._report_positions(iso_rows, old_iso)
+                      self._w_state, self._sym_rows, p["liquidate"], self._became)
+            became = self._became_wallets[:len(wallets)]
+            tick_wallets(wallets, self._w_state, self._accounts, self.out.accounts["liquidate"], became)
+            for w in wallets[became]:
+                self._account_event(w)
+            for a, b in zip(starts, ends):
+                for j in a + np.flatnonzero(self._became[a:b]):
+                    self._position_event(self._sym_rows[j])
         if self.execute:
             self._liquidate(wallets)
         return len(self._events) - n_before
@@ -153,9 +152,6 @@ class Engine:
                 s[name][lo:hi] = p[name][rows]
             s["liquidate"][lo:hi] &= s["isolated"][lo:hi]
             self._stale[sym] = False
-
-    def _refresh_wallets(self, wallets):
-        tick_wallets(wallets, self._w_state, self._accounts, self.out.accounts["liquidate"])
 
     def _resync(self, wallets=None):
         """Recompute exactly (no running sums) the given wallets, or everything: book-order
@@ -207,20 +203,26 @@ class Engine:
 
     def _report_accounts(self, wallets, old):
         """Events for wallets that became liquidatable (edge-triggered: again only after recovery)."""
-        a = self.out.accounts
-        for w in wallets[a["liquidate"][wallets] & ~old]:
-            self._event(ACCOUNT_LIQUIDATABLE, w, -1, equity=a["equity"][w], mm=a["cross_mm"][w],
-                        risk_ratio=a["risk_ratio"][w])
+        for w in wallets[self.out.accounts["liquidate"][wallets] & ~old]:
+            self._account_event(w)
 
     def _report_positions(self, rows, old):
         """Events for isolated positions (book rows) that became liquidatable."""
-        pos, p = self.book.positions, self.out.positions
-        for i in rows[p["liquidate"][rows] & ~old]:
-            f = self._row_figures(i)
-            margin_balance = pos.isolated_margin[i] * self.book.symbol_unit[pos.symbol[i]] + f["upnl"]
-            risk = (f["mm"] + f["fee"]) / margin_balance if margin_balance > 0 else np.inf
-            self._event(POSITION_LIQUIDATABLE, pos.wallet[i], i, qty=pos.qty[i], price=self.mark[pos.symbol[i]],
-                        equity=margin_balance, mm=f["mm"], risk_ratio=risk)
+        for i in rows[self.out.positions["liquidate"][rows] & ~old]:
+            self._position_event(i)
+
+    def _account_event(self, w):
+        a = self.out.accounts
+        self._event(ACCOUNT_LIQUIDATABLE, w, -1, equity=a["equity"][w], mm=a["cross_mm"][w],
+                    risk_ratio=a["risk_ratio"][w])
+
+    def _position_event(self, i):
+        pos = self.book.positions
+        f = self._row_figures(i)
+        margin_balance = pos.isolated_margin[i] * self.book.symbol_unit[pos.symbol[i]] + f["upnl"]
+        risk = (f["mm"] + f["fee"]) / margin_balance if margin_balance > 0 else np.inf
+        self._event(POSITION_LIQUIDATABLE, pos.wallet[i], i, qty=pos.qty[i], price=self.mark[pos.symbol[i]],
+                    equity=margin_balance, mm=f["mm"], risk_ratio=risk)
 
     def _row_figures(self, i) -> dict:
         """Current figures of book row i, from whichever order holds them."""

@@ -379,9 +379,12 @@ def wallet_sums(wallets, pos_start, values, include):
 @njit(**JIT_PARALLEL)
 def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
               s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
-              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state):
+              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state, sym_rows, p_liquidate,
+              s_became):
     """A tick's rows, symbol-major (each symbol's rows one contiguous slice, grouped by
-    wallet): new figures, and each row's change added to its wallet's running state.
+    wallet): new figures, and each row's change added to its wallet's running state. An
+    isolated row's flag is also written in book order, and s_became marks the rows that
+    became liquidatable (the engine's events).
     Symbols go one after another (a wallet may hold several); within a symbol, chunks cut at
     wallet boundaries run in parallel, so no two threads ever add to one wallet."""
     chunks = 8
@@ -403,13 +406,17 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
                 w = s_wallet[j]
                 if s_isolated[j]:
                     w_state[w, ISO_UPNL] += upnl - s_upnl[j]
-                    s_liquidate[j] = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
+                    flag = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
+                    s_became[j] = flag and not s_liquidate[j]
+                    s_liquidate[j] = flag
+                    p_liquidate[sym_rows[j]] = flag
                 else:
                     w_state[w, UPNL] += upnl - s_upnl[j]
                     w_state[w, MM] += mm - s_mm[j]
                     w_state[w, IM] += im - s_im[j]
                     w_state[w, FEE] += fee - s_fee[j]
                     w_state[w, NOTIONAL] += notional - s_notional[j]
+                    s_became[j] = False
                 s_upnl[j] = upnl
                 s_mm[j] = mm
                 s_im[j] = im
@@ -418,10 +425,10 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
 
 
 @njit(**JIT_PARALLEL)
-def tick_wallets(wallets, w_state, accounts, a_liquidate):
+def tick_wallets(wallets, w_state, accounts, a_liquidate, became):
     """Account figures of `wallets` from their running state, into the packed `accounts`
     rows (equity, cross_mm, cross_im, cross_fee, risk_ratio, available_balance, transferable,
-    total_equity)."""
+    total_equity); became[j]: wallets[j] became liquidatable."""
     for j in prange(len(wallets)):
         w = wallets[j]
         equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
@@ -435,4 +442,5 @@ def tick_wallets(wallets, w_state, accounts, a_liquidate):
         accounts[w, 5] = available
         accounts[w, 6] = transferable
         accounts[w, 7] = total_equity
+        became[j] = liquidate and not a_liquidate[w]
         a_liquidate[w] = liquidate
