@@ -180,7 +180,7 @@ def _demo_replay(book, tables, seed, n_ticks: int = 200) -> None:
     from .engine import Engine
     from .gen import generate_ticks
     ticks = generate_ticks(tables, n_ticks, seed, symbols_per_tick=1)
-    fund = pl.DataFrame({"asset": book.assets, "balance": [1e6 if a == "USDT" else 10.0 for a in book.assets]})
+    fund = pl.DataFrame({"asset": book.assets, "balance": [1e8 if a == "USDT" else 1e3 for a in book.assets]})
     engine = Engine(book, liquidate=True, insurance_fund=fund)
     at_load = len(engine.events())
     ids = engine.symbol_ids(ticks["symbol"])
@@ -197,7 +197,7 @@ def _demo_replay(book, tables, seed, n_ticks: int = 200) -> None:
           f"p99 {np.percentile(lat, 99):.3f} ms per tick")
     print("  events: " + (", ".join(f"{r['kind']} {r['count']:,}" for r in counts.iter_rows(named=True)) or "none"))
     fund_after = engine.insurance_fund().filter(pl.col("asset") == "USDT")["balance"][0]
-    print(f"  insurance fund USDT: 1,000,000 -> {fund_after:,.2f}")
+    print(f"  insurance fund USDT: 100,000,000 -> {fund_after:,.2f}")
 
 
 def _liquidating(result) -> tuple[int, int]:
