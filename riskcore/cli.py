@@ -128,7 +128,7 @@ def cmd_settle(args) -> None:
     result = settle(args.book, args.out, marks=args.marks, funding=args.funding, settlement_id=args.id,
                     steps=steps, part_rows=args.part_rows, progress=True)
     print(result.summary())
-    print(f"wrote the settled book, its settlements table and ledger/ to {args.out}")
+    print(f"wrote the settled book, its settlements table and ledger.parquet to {args.out}")
 
 
 def cmd_bench(args) -> None:

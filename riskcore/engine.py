@@ -320,7 +320,7 @@ class Engine:
 
     def _value(self, rows):
         """(upnl, notional) of rows at the current marks and quantities."""
-        pos, inst = self.book.positions, self.book.instruments
+        pos = self.book.positions
         s = pos.symbol[rows]
         face_mark, direction = self.book.face_mark(self.mark)
         q = pos.qty[rows]

@@ -362,20 +362,6 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 g0 = g1
 
 
-@njit(**JIT)
-def wallet_sums(wallets, pos_start, values, include):
-    """Σ values[i] over the rows of each wallet where include[i] (a segmented sum)."""
-    out = np.zeros(len(wallets))
-    for j in range(len(wallets)):
-        w = wallets[j]
-        total = 0.0
-        for i in range(pos_start[w], pos_start[w + 1]):
-            if include[i]:
-                total += values[i]
-        out[j] = total
-    return out
-
-
 @njit(**JIT_PARALLEL)
 def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
               s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,

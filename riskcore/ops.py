@@ -13,7 +13,7 @@ import polars as pl
 from numba import njit, prange
 
 from .book import SIDES, Book, wallet_of
-from .config import JIT, JIT_PARALLEL
+from .config import JIT_PARALLEL
 from .errors import BookError
 from .kernels import tier_of
 from .money import to_units, units_to_decimal

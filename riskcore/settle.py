@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .book import SIDES, Book, _load_positions
-from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
 from .tables import categorical
 from .io import atomic_dir, money_column, positions_table, read_table, table_path
@@ -120,7 +120,8 @@ def _exact_amount(step, q, f, P, E, r, inverse, scale) -> int:
 
 def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=KINDS,
            money_scale: dict[str, int] | None = None, part_rows: int = PART_ROWS, progress: bool = False) -> Settlement:
-    """Settle BOOK/ into OUT/ (a new book with `settlements` and a `ledger/`), all or nothing."""
+    """Settle BOOK/ into OUT/ (a new book with `settlements.parquet` and `ledger.parquet`), all
+    or nothing."""
     t_start = time.perf_counter()
     io_time = 0.0
     book_dir, out_dir = Path(book_dir), Path(out_dir)
@@ -168,9 +169,13 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
     keys, groups = [], []
     part = 0
+    scale = int(head.asset_scale.max()) if len(head.asset_scale) else 8
+    ledger_schema = pa.schema([("settlement_id", pa.string()), ("account_id", pa.int64()), ("asset", pa.string()),
+                               ("symbol", pa.string()), ("position_side", pa.string()), ("kind", pa.string()),
+                               ("amount", pa.decimal128(38, scale))])
     with atomic_dir(out_dir) as tmp:
         (tmp / "positions").mkdir()
-        (tmp / "ledger").mkdir()
+        ledger_file = pq.ParquetWriter(tmp / "ledger.parquet", ledger_schema)  # one row group per part
         from tqdm import tqdm
         bar = tqdm(total=total_rows, unit="pos", unit_scale=True, file=sys.stderr,
                    disable=not (progress and sys.stderr.isatty()))
@@ -193,9 +198,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 groups.append(group * 2 + pos.isolated)
                 t = time.perf_counter()
                 positions_table(head, pos).write_parquet(tmp / "positions" / f"part-{part:05d}.parquet")
-                ledger.with_columns(pl.lit(settlement_id).alias("settlement_id")).select(
-                    "settlement_id", "account_id", "asset", "symbol", "position_side", "kind", "amount").write_parquet(
-                    tmp / "ledger" / f"part-{part:05d}.parquet")
+                ledger_file.write_table(ledger.with_columns(pl.lit(settlement_id).alias("settlement_id")).select(
+                    ledger_schema.names).to_arrow().cast(ledger_schema))
                 part += 1
                 offset += df.height
                 bar.update(df.height)
@@ -204,8 +208,9 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
             positions_table(head, head.positions).write_parquet(tmp / "positions" / "part-00000.parquet")
         _check_across_parts(keys, groups, str(pos_path))
         t = time.perf_counter()
-        house = _house_rows(head, sums, steps, settlement_id)
-        house.write_parquet(tmp / "ledger" / f"part-{part:05d}.parquet")
+        ledger_file.write_table(_house_rows(head, sums, steps, settlement_id).select(ledger_schema.names)
+                                .to_arrow().cast(ledger_schema))
+        ledger_file.close()
         balance = head.wallets.balance + delta
         if np.any(np.abs(head.wallets.balance.astype(np.float64) + delta) >= 2.0**63):
             raise BookError(tables["accounts"][1], "balance", "a balance exceeds 64-bit fixed point money")

@@ -1,7 +1,7 @@
 """Plain reference for margin operations (SPEC §5): requests applied one at a time, every
 figure recomputed from scratch by the scan reference, money in Decimal."""
 
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING
 
 from reference import D, _tiers, money, reference_scan, rows
 
