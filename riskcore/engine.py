@@ -14,7 +14,7 @@ import polars as pl
 
 from .book import SIDES, Book
 from .errors import BookError
-from .money import to_units, units_to_decimal
+from .money import exact_amounts, to_units, units_to_decimal
 from .kernels import NOTIONAL, WALLET_STATE, tick_rows, tick_wallets
 from .scan import ACCOUNT_FIGURES, ScanArrays, scan_into
 from .tables import as_frame, categorical, codes, str_col
@@ -283,8 +283,11 @@ class Engine:
         upnl, notional = self._value(rows)  # from current quantities: an ADL may have cut them
         if not np.all(np.abs(upnl / unit) < 2.0**62) or not np.all(np.abs(notional / unit) < 2.0**62):
             raise BookError("engine", "realized_pnl", "a close's PnL exceeds 64-bit fixed point money")
-        realized = np.floor(upnl / unit).astype(np.int64)
-        fee = np.ceil(inst.liquidation_fee_rate[s_of] * notional / unit).astype(np.int64)
+        # exact to the unit, as settlement: realized PnL floored, the fee rounded up (−floor(−fee))
+        args = (pos.entry_price[rows], inst.face_value[s_of], inst.inverse[s_of], self.mark[s_of])
+        scale = book.asset_scale[inst.settle_asset[s_of]]
+        realized = exact_amounts("realize", pos.qty[rows], *args, 0.0, scale)
+        fee = -exact_amounts("funding", np.abs(pos.qty[rows]), *args, inst.liquidation_fee_rate[s_of], scale)
         self._cancel_orders(w, s_of[0] if isolated else None)
         start = pos.isolated_margin[rows[0]] if isolated else book.wallets.balance[w]
         left = start + realized.sum()

@@ -7,7 +7,7 @@ Arrow/polars decimals are converted exactly (rounded half-to-even only if they c
 places than the asset's scale).
 """
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 
 import numpy as np
 import polars as pl
@@ -157,3 +157,64 @@ def floor_certified(units_f: np.ndarray, bound: np.ndarray):
         f = np.floor(units_f)
         ok = np.isfinite(units_f) & (units_f - f > bound) & (f + 1 - units_f > bound) & (np.abs(units_f) < 2.0**62)
     return np.where(ok, f, 0).astype(np.int64), ok
+
+
+def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale,
+                  face_places=None, price_places=None, rate_places=None) -> np.ndarray:
+    """Per row, floor(amount · 10^scale) exactly, for kind "funding" (−q·f·P·rate, inverse
+    −q·f/P·rate) or "realize" (q·f·(P − E), inverse q·f·(1/E − 1/P)); every input means the
+    decimal it prints as. Linear amounts are decimals on a grid fixed by their inputs'
+    places (floor_grid); inverse funding is an integer division by the price's mantissa
+    (floor_ratio_grid); otherwise a float provably away from a unit boundary
+    (floor_certified); the rare rest in Decimal or Fraction. `*_places` may be given when
+    known (settlement computes them once per symbol)."""
+    qty, entry, face, price = (np.asarray(a, dtype=np.float64) for a in (qty, entry, face, price))
+    rate = np.asarray(rate, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.int64)
+    inverse = np.asarray(inverse, dtype=bool)
+    dq, dE = decimal_places(qty), decimal_places(entry)
+    df = decimal_places(face) if face_places is None else face_places
+    dP = decimal_places(price) if price_places is None else price_places
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if kind == "funding":
+            dr = decimal_places(np.nan_to_num(rate)) if rate_places is None else rate_places
+            value = np.where(inverse, -qty * face * rate / price, -qty * face * price * rate)
+            gross = np.abs(value)
+            places = add_places(dq, df, dP, dr)
+            zero = (qty == 0) | (rate == 0)
+        else:
+            value = np.where(inverse, qty * face * (price - entry) / (entry * price), qty * face * (price - entry))
+            gross = np.abs(qty) * face * np.where(inverse, (price + entry) / (entry * price), price + entry)
+            places = add_places(dq, df, np.where((dP < 0) | (dE < 0), -1, np.maximum(dP, dE)))
+            zero = (qty == 0) | (price == entry)
+        grid, grid_ok = floor_grid(value, gross, np.where(inverse, -1, places), scale)
+        if kind == "funding":
+            num = -qty * face * rate
+            ratio, ratio_ok = floor_ratio_grid(num, np.abs(num), np.where(inverse, places - dP, -1), price, dP, scale)
+            grid, grid_ok = np.where(inverse, ratio, grid), np.where(inverse, ratio_ok, grid_ok)
+        unit_scale = 10.0**scale
+        cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
+    units = np.where(grid_ok, grid, cert)
+    units[zero] = 0
+    for i in np.flatnonzero(~(grid_ok | cert_ok | zero)):
+        units[i] = _exact_amount(kind, qty[i], face[i], price[i], entry[i], rate[i] if kind == "funding" else 0.0,
+                                 bool(inverse[i]), int(scale[i]))
+    return units
+
+
+def _exact_amount(kind, q, f, P, E, r, inverse, scale) -> int:
+    """The rare row no vectorised path certifies: exact rational arithmetic."""
+    import math
+    if inverse:
+        q, f, P, E, r = (exact(v) for v in (q, f, P, E, r))
+        value = -q * f * r / P if kind == "funding" else q * f * (1 / E - 1 / P)
+        units = math.floor(value * 10**scale)
+    else:  # products and differences of decimals: exact in Decimal at this precision
+        with localcontext() as ctx:
+            ctx.prec = 120
+            q, f, P, E, r = (Decimal(repr(float(v))) for v in (q, f, P, E, r))
+            value = -q * f * P * r if kind == "funding" else q * f * (P - E)
+            units = int(value.scaleb(scale).to_integral_value(rounding=ROUND_FLOOR))
+    if abs(units) >= 2**62:
+        raise BookError("positions", "qty", "an amount exceeds 64-bit fixed point money")
+    return units

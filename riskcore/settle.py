@@ -9,8 +9,6 @@ a temporary folder and renamed into place at the end: a killed run leaves nothin
 and never touches the input.
 """
 
-import math
-from decimal import ROUND_FLOOR, Decimal, localcontext
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from .book import SIDES, Book, _load_positions
 from .errors import BookError
 from .tables import categorical
 from .io import atomic_dir, money_column, positions_table, read_table, table_path
-from .money import _EPS, add_places, decimal_places, exact, floor_certified, floor_grid, floor_ratio_grid
+from .money import decimal_places, exact_amounts
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -55,67 +53,16 @@ class Settlement:
 
 
 def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[str, np.ndarray]:
-    """Per position and step, the account's amount in units of its settle asset (SPEC §7).
-
-    funding: −q·f·P·rate (inverse −q·f/P·rate): longs pay a positive rate;
-    realize: q·f·(P − E) (inverse q·f·(1/E − 1/P)).
-    Exact: every input means the decimal it prints as; see money.floor_grid/floor_certified,
-    with a Fraction fallback for the rows neither certifies.
-    """
+    """Per position and step, the account's amount in units of its settle asset (SPEC §7):
+    funding −q·f·P·rate (inverse −q·f/P·rate: longs pay a positive rate), realize
+    q·f·(P − E) (inverse q·f·(1/E − 1/P)); exact, see money.exact_amounts."""
     inst = book.instruments
-    face, inverse = inst.face_value[symbol], inst.inverse[symbol]
-    P = mark[symbol]
-    scale = book.asset_scale[inst.settle_asset[symbol]]
-    unit_scale = 10.0**scale
-    dq, dE = decimal_places(qty), decimal_places(entry)
-    df, dP, dr = (decimal_places(a)[symbol] for a in (inst.face_value, mark, np.nan_to_num(rate)))
-    out = {}
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for step in steps:
-            if step == "funding":
-                r = rate[symbol]
-                value = np.where(inverse, -qty * face * r / P, -qty * face * P * r)
-                gross = np.abs(value)
-                places = add_places(dq, df, dP, dr)
-                zero = (qty == 0) | (r == 0)
-            else:
-                value = np.where(inverse, qty * face * (P - entry) / (entry * P), qty * face * (P - entry))
-                gross = np.abs(qty) * face * np.where(inverse, (P + entry) / (entry * P), P + entry)
-                places = add_places(dq, df, np.where((dP < 0) | (dE < 0), -1, np.maximum(dP, dE)))
-                zero = (qty == 0) | (P == entry)
-            # linear amounts are decimals on a known grid: exact when the grid is fine enough;
-            # otherwise (and for inverse contracts) a float provably away from a unit boundary
-            grid, grid_ok = floor_grid(value, gross, np.where(inverse, -1, places), scale)
-            if step == "funding":  # inverse: an exact decimal over the price, as integers
-                num = -qty * face * r
-                ratio, ratio_ok = floor_ratio_grid(num, np.abs(num), np.where(inverse, places - dP, -1), P, dP, scale)
-                grid, grid_ok = np.where(inverse, ratio, grid), np.where(inverse, ratio_ok, grid_ok)
-            cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
-            units = np.where(grid_ok, grid, cert)
-            ok = grid_ok | cert_ok | zero
-            units[zero] = 0
-            for i in np.flatnonzero(~ok):
-                units[i] = _exact_amount(step, qty[i], face[i], P[i], entry[i],
-                                         rate[symbol[i]] if step == "funding" else 0.0, bool(inverse[i]), int(scale[i]))
-            out[step] = units
-    return out
-
-
-def _exact_amount(step, q, f, P, E, r, inverse, scale) -> int:
-    """The rare row no vectorised path certifies: exact rational arithmetic."""
-    if inverse:
-        q, f, P, E, r = (exact(v) for v in (q, f, P, E, r))
-        value = -q * f * r / P if step == "funding" else q * f * (1 / E - 1 / P)
-        units = math.floor(value * 10**scale)
-    else:  # products and differences of decimals: exact in Decimal at this precision
-        with localcontext() as ctx:
-            ctx.prec = 120
-            q, f, P, E, r = (Decimal(repr(float(v))) for v in (q, f, P, E, r))
-            value = -q * f * P * r if step == "funding" else q * f * (P - E)
-            units = int(value.scaleb(scale).to_integral_value(rounding=ROUND_FLOOR))
-    if abs(units) >= 2**62:
-        raise BookError("positions", "qty", "a settlement amount exceeds 64-bit fixed point money")
-    return units
+    per_symbol = {name: decimal_places(a) for name, a in
+                  (("face", inst.face_value), ("price", mark), ("rate", np.nan_to_num(rate)))}
+    return {step: exact_amounts(step, qty, entry, inst.face_value[symbol], inst.inverse[symbol], mark[symbol],
+                                rate[symbol], book.asset_scale[inst.settle_asset[symbol]],
+                                **{f"{k}_places": v[symbol] for k, v in per_symbol.items()})
+            for step in steps}
 
 
 def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=KINDS,
