@@ -77,6 +77,7 @@ class Engine:
         self._stale = np.zeros(len(book.instruments), dtype=bool)
         self._became = np.zeros(len(pos), dtype=bool)           # scratch: rows that became liquidatable
         self._became_wallets = np.zeros(n_w, dtype=bool)        # scratch: wallets that did
+        self._close_amounts: dict = {}                          # row -> (qty, realized, fee) this round
         self._resync()
         # what is liquidatable at load is reported once, with no timestamp
         self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
@@ -245,16 +246,21 @@ class Engine:
         book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
         for _ in range(max_rounds):
-            touched: set[int] = set()
+            closes = []  # (rows, wallet, isolated): isolated positions first within a wallet
             for w in wallets:
                 start, end = book.wallets.pos_start[w], book.wallets.pos_start[w + 1]
                 rows = np.arange(start, end)
                 for i in rows[pos.isolated[start:end] & p["liquidate"][start:end] & (pos.qty[start:end] != 0)]:
-                    touched |= self._close(np.array([i]), w, isolated=True)
+                    closes.append((np.array([i]), w, True))
                 if a["liquidate"][w]:
                     cross = rows[~pos.isolated[start:end] & (pos.qty[start:end] != 0)]
                     if len(cross):
-                        touched |= self._close(cross, w, isolated=False)
+                        closes.append((cross, w, False))
+            if closes:  # every close's exact amounts in one vectorised call
+                self._amounts_for(np.concatenate([r for r, _, _ in closes]))
+            touched: set[int] = set()
+            for rows, w, isolated in closes:
+                touched |= self._close(rows, w, isolated)
             if not touched:
                 return
             rows = np.array(sorted(touched), dtype=np.int64)
@@ -277,17 +283,16 @@ class Engine:
         """
         book = self.book
         pos, inst = book.positions, book.instruments
+        rows = rows[pos.qty[rows] != 0]  # an ADL earlier in this round may have closed some already
+        if not len(rows):
+            return set()
         s_of = pos.symbol[rows]
         asset = inst.settle_asset[s_of[0]]
         unit = book.symbol_unit[s_of[0]]
         upnl, notional = self._value(rows)  # from current quantities: an ADL may have cut them
         if not np.all(np.abs(upnl / unit) < 2.0**62) or not np.all(np.abs(notional / unit) < 2.0**62):
             raise BookError("engine", "realized_pnl", "a close's PnL exceeds 64-bit fixed point money")
-        # exact to the unit, as settlement: realized PnL floored, the fee rounded up (−floor(−fee))
-        args = (pos.entry_price[rows], inst.face_value[s_of], inst.inverse[s_of], self.mark[s_of])
-        scale = book.asset_scale[inst.settle_asset[s_of]]
-        realized = exact_amounts("realize", pos.qty[rows], *args, 0.0, scale)
-        fee = -exact_amounts("funding", np.abs(pos.qty[rows]), *args, inst.liquidation_fee_rate[s_of], scale)
+        realized, fee = self._amounts(rows)
         self._cancel_orders(w, s_of[0] if isolated else None)
         start = pos.isolated_margin[rows[0]] if isolated else book.wallets.balance[w]
         left = start + realized.sum()
@@ -320,6 +325,26 @@ class Engine:
             book.wallets.balance[w] = remaining
         pos.qty[rows] = 0.0
         return touched
+
+    def _amounts_for(self, rows):
+        """Exact (realized PnL, liquidation fee) of rows at the current marks, to the unit, as
+        settlement computes them: realized floored, the fee rounded up (−floor(−fee))."""
+        book = self.book
+        pos, inst = book.positions, book.instruments
+        s = pos.symbol[rows]
+        args = (pos.entry_price[rows], inst.face_value[s], inst.inverse[s], self.mark[s])
+        scale = book.asset_scale[inst.settle_asset[s]]
+        realized = exact_amounts("realize", pos.qty[rows], *args, 0.0, scale)
+        fee = -exact_amounts("funding", np.abs(pos.qty[rows]), *args, inst.liquidation_fee_rate[s], scale)
+        self._close_amounts = dict(zip(rows.tolist(), zip(pos.qty[rows].tolist(), realized.tolist(), fee.tolist())))
+
+    def _amounts(self, rows):
+        """The precomputed amounts of rows, recomputed where an ADL has changed a quantity since."""
+        cached = [self._close_amounts.get(i) for i in rows.tolist()]
+        if any(c is None or c[0] != q for c, q in zip(cached, self.book.positions.qty[rows].tolist())):
+            self._amounts_for(rows)
+            cached = [self._close_amounts[i] for i in rows.tolist()]
+        return (np.array([c[1] for c in cached], dtype=np.int64), np.array([c[2] for c in cached], dtype=np.int64))
 
     def _value(self, rows):
         """(upnl, notional) of rows at the current marks and quantities."""
