@@ -373,9 +373,13 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
     return Orders(wallet[order], sym[order], qty[order], price[order], lev[order], isolated[order])
 
 
+def order_margins(orders: Orders, inst: Instruments, rows=slice(None)) -> np.ndarray:
+    """SPEC §3, per resting order: abs(q)·f·price/leverage (inverse: abs(q)·f/price/leverage)."""
+    sym = orders.symbol[rows]
+    value = np.where(inst.inverse[sym], 1.0 / orders.price[rows], orders.price[rows])
+    return np.abs(orders.qty[rows]) * inst.face_value[sym] * value / orders.leverage[rows]
+
+
 def order_margin(orders: Orders, inst: Instruments, n_wallets: int) -> np.ndarray:
-    """SPEC §3: Σ abs(q)·f·price/leverage per wallet (inverse: abs(q)·f/price/leverage)."""
-    face = inst.face_value[orders.symbol]
-    value = np.where(inst.inverse[orders.symbol], 1.0 / orders.price, orders.price)
-    margin = np.abs(orders.qty) * face * value / orders.leverage
-    return np.bincount(orders.wallet, weights=margin, minlength=n_wallets).astype(np.float64)
+    """Order margin per wallet: the sum of its resting orders' margins."""
+    return np.bincount(orders.wallet, weights=order_margins(orders, inst), minlength=n_wallets).astype(np.float64)

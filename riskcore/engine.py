@@ -12,7 +12,7 @@ from copy import deepcopy
 import numpy as np
 import polars as pl
 
-from .book import SIDES, Book
+from .book import SIDES, Book, order_margins
 from .errors import BookError
 from .money import exact_amounts, to_units, units_to_decimal
 from .kernels import NOTIONAL, WALLET_STATE, tick_rows, tick_wallets
@@ -162,7 +162,7 @@ class Engine:
             rows = None
         else:
             lo, hi = self.book.wallets.pos_start[wallets], self.book.wallets.pos_start[wallets + 1]
-            rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(wallets) else np.zeros(0, np.int64)
+            rows = _ranges(lo, hi)
         scan_into(self.book, self.mark, self.out, with_liq_price=False, rows=rows, wallets=wallets, sums=self._w_state)
         p, s = self.out.positions, self._s
         if rows is None:  # everything: gather into symbol-major order
@@ -266,7 +266,7 @@ class Engine:
             rows = np.array(sorted(touched), dtype=np.int64)
             wallets = np.unique(pos.wallet[rows]).astype(np.int64)
             lo, hi = book.wallets.pos_start[wallets], book.wallets.pos_start[wallets + 1]
-            all_rows = np.concatenate([np.arange(x, y) for x, y in zip(lo, hi)])
+            all_rows = _ranges(lo, hi)
             iso = all_rows[pos.isolated[all_rows]]
             old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
             self._resync(wallets)
@@ -414,11 +414,7 @@ class Engine:
                 in_wallet = in_wallet[ords.symbol[lo:hi] == symbol]
             self.order_cancelled[in_wallet] = True
             live = np.arange(lo, hi)[~self.order_cancelled[lo:hi]]
-            inst = self.book.instruments
-            s = ords.symbol[live]
-            value = np.where(inst.inverse[s], 1.0 / ords.price[live], ords.price[live])
-            self.book.wallets.order_margin[w] = float(np.sum(np.abs(ords.qty[live]) * inst.face_value[s]
-                                                             * value / ords.leverage[live]))
+            self.book.wallets.order_margin[w] = float(order_margins(ords, self.book.instruments, live).sum())
 
     # -- state out ------------------------------------------------------------------------
     def _read_fund(self, table) -> np.ndarray:
@@ -469,6 +465,11 @@ class Engine:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
         return pl.DataFrame({"asset": self.book.assets,
                              "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+
+
+def _ranges(lo, hi) -> np.ndarray:
+    """The integers of [lo[k], hi[k]) for every k, concatenated."""
+    return np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
 
 
 def _plain(ts):

@@ -15,7 +15,7 @@ from numba import njit, prange
 from .book import SIDES, Book, wallet_of
 from .config import JIT_PARALLEL
 from .errors import BookError
-from .kernels import tier_of
+from .kernels import UPNL, WALLET_STATE, tier_of
 from .money import to_units, units_to_decimal
 from .scan import ScanArrays, scan_into
 from .tables import as_frame, int_col, str_col
@@ -227,11 +227,12 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
 
 
     out = ScanArrays.empty(len(pos), len(wal))
-    scan_into(book, book.mark, out, with_liq_price=False)
+    state = np.zeros((len(wal), WALLET_STATE))
+    scan_into(book, book.mark, out, with_liq_price=False, sums=state)
     p, a = out.positions, out.accounts
     balance, iso_margin = wal.balance.copy(), pos.isolated_margin.copy()
     leverage, isolated = pos.leverage.copy(), pos.isolated.copy()
-    equity_upnl = a["equity"] - wal.balance * book.wallet_unit  # Σ cross upnl per wallet
+    equity_upnl = state[:, UPNL]  # Σ cross upnl per wallet, as the wallet pass summed it
     by_wallet = np.argsort(np.where(w < 0, -1, w), kind="stable")
     wallet_sorted = np.where(w < 0, -1, w)[by_wallet]
     group_start = np.flatnonzero(np.r_[True, wallet_sorted[1:] != wallet_sorted[:-1], True]) if n else np.zeros(1, np.int64)
