@@ -9,7 +9,7 @@ Loaded once; kernels read these arrays directly. Layout decisions (they decide s
 - money (balances, isolated margins) is int64 units of 10**-scale of its asset, exact.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import polars as pl
@@ -89,6 +89,32 @@ class Orders:
     def __len__(self):
         return len(self.qty)
 
+    def take(self, rows) -> "Orders":
+        """The orders at `rows` (indices or a mask), in their order."""
+        return Orders(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+
+# Settlements applied to a book (settle refuses an id listed here): carried by every
+# command's output book so that no settlement can be applied twice through a chain of them.
+SETTLEMENTS_SCHEMA = {"settlement_id": pl.String, "steps": pl.String, "applied_at": pl.Datetime("us")}
+
+
+def no_settlements() -> pl.DataFrame:
+    return pl.DataFrame(schema=SETTLEMENTS_SCHEMA)
+
+
+def load_settlements(df, table: str = "settlements") -> pl.DataFrame:
+    """The applied-settlements table, checked: ids present and unique."""
+    df = as_frame(df, table)
+    require(df, table, *SETTLEMENTS_SCHEMA)
+    ids = str_col(df, table, "settlement_id").cast(pl.String)
+    dup = ids.is_duplicated().to_numpy()
+    check(~dup, table, "settlement_id", "settlement id listed twice")
+    try:
+        return df.select(pl.col(c).cast(t) for c, t in SETTLEMENTS_SCHEMA.items())
+    except pl.exceptions.PolarsError as e:
+        raise BookError(table, None, f"cannot read as a settlements table: {e}") from None
+
 
 @dataclass
 class Book:
@@ -100,9 +126,10 @@ class Book:
     orders: Orders
     mark: np.ndarray               # per symbol, NaN where no mark is known
     funding_rate: np.ndarray       # per symbol, NaN where none is known
+    settlements: pl.DataFrame = field(default_factory=no_settlements)  # applied settlement ids
 
     @classmethod
-    def from_tables(cls, instruments, risk_tiers, accounts, positions, orders=None, marks=None,
+    def from_tables(cls, instruments, risk_tiers, accounts, positions, orders=None, marks=None, settlements=None,
                     money_scale: dict[str, int] | None = None, names: dict[str, str] | None = None):
         """Validate and load a book from polars/pyarrow tables (SPEC §1).
 
@@ -110,7 +137,7 @@ class Book:
         `money_scale` gives decimal places per asset (default 8).
         """
         names = {t: (names or {}).get(t, t) for t in
-                 ("instruments", "risk_tiers", "accounts", "positions", "orders", "marks")}
+                 ("instruments", "risk_tiers", "accounts", "positions", "orders", "marks", "settlements")}
         inst_df = as_frame(instruments, names["instruments"])
         acct_df = as_frame(accounts, names["accounts"])
         inst, assets = _load_instruments(inst_df, as_frame(risk_tiers, names["risk_tiers"]), names)
@@ -130,6 +157,8 @@ class Book:
         book = cls(assets, scales, inst, wallets, pos, ords,
                    np.full(len(inst), np.nan), np.full(len(inst), np.nan))
         book.derive_positions()
+        if settlements is not None:
+            book.settlements = load_settlements(settlements, names["settlements"])
         if marks is not None:
             book.mark, book.funding_rate = book.read_marks(marks, names["marks"])
         return book

@@ -24,12 +24,14 @@ def _cold_cache_notice() -> None:
 def cmd_gen(args) -> None:
     from .gen import generate
     from .io import write_tables
+    from .output import output_dir
     t = time.perf_counter()
     tables = generate(args.accounts, args.positions, args.symbols, args.seed, args.tiers)
-    write_tables(tables, args.out)
-    if args.ticks:
-        from .gen import generate_ticks
-        generate_ticks(tables, args.ticks, args.seed).write_parquet(Path(args.out) / "ticks.parquet")
+    with output_dir(args.out, command="gen", force=args.force) as tmp:
+        write_tables(tables, tmp)
+        if args.ticks:
+            from .gen import generate_ticks
+            generate_ticks(tables, args.ticks, args.seed).write_parquet(tmp / "ticks.parquet")
     print(f"wrote {args.positions:,} positions, {tables['accounts'].height:,} wallets of {args.accounts:,} accounts, "
           f"{args.symbols} symbols to {args.out} in {time.perf_counter() - t:.1f} s")
 
@@ -43,25 +45,27 @@ def cmd_scan(args) -> None:
     result = scan(book, liq_prices=not args.no_liq_price)
     print(result.summary())
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_parquet(result.positions, out / "positions.parquet")
-        write_parquet(result.accounts, out / "accounts.parquet")
-        print(f"wrote {out / 'positions.parquet'} and {out / 'accounts.parquet'}")
+        from .output import output_dir
+        with output_dir(args.out, command="scan", inputs=(args.book, args.marks), force=args.force) as tmp:
+            write_parquet(result.positions, tmp / "positions.parquet")
+            write_parquet(result.accounts, tmp / "accounts.parquet")
+        print(f"wrote positions.parquet and accounts.parquet to {args.out}")
     print(f"load {loaded - t:.2f} s, total {time.perf_counter() - t:.2f} s")
 
 
 def cmd_apply(args) -> None:
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
     from .ops import apply_requests
+    from .output import output_dir
     t = time.perf_counter()
     book = load_book(args.book)
     requests = read_table(args.requests)
     loaded = time.perf_counter()
     new, outcomes = apply_requests(book, requests, table=str(args.requests))
     applied = time.perf_counter()
-    write_tables(book_tables(new), args.out)
-    write_parquet(outcomes, Path(args.out) / "outcomes.parquet")
+    with output_dir(args.out, command="apply", inputs=(args.book, args.requests), force=args.force) as tmp:
+        write_tables(book_tables(new), tmp)
+        write_parquet(outcomes, tmp / "outcomes.parquet")
     counts = outcomes.group_by("reason").len().sort("len", descending=True)
     print(f"{outcomes.height:,} requests: {int(outcomes['accepted'].sum()):,} accepted; rejected by reason: "
           + (", ".join(f"{r['reason']} {r['len']:,}" for r in counts.iter_rows(named=True) if r["reason"]) or "none"))
@@ -74,6 +78,7 @@ def cmd_replay(args) -> None:
 
     from .engine import EVENT_KINDS, Engine, TickError
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
+    from .output import output_dir
     from .tables import require
     book = load_book(args.book)
     ticks = read_table(args.ticks)
@@ -99,13 +104,13 @@ def cmd_replay(args) -> None:
             skipped.append(f"{e} (rows {a}..{b - 1} of {args.ticks})")
             continue
         latency.append(time.perf_counter() - t)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     events = engine.events()
-    write_parquet(events, out / "events.parquet")
-    if args.liquidate:
-        write_parquet(engine.insurance_fund(), out / "insurance_fund.parquet")
-        write_tables(book_tables(engine.book), out / "book")
+    with output_dir(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund),
+                    force=args.force) as tmp:
+        write_parquet(events, tmp / "events.parquet")
+        if args.liquidate:
+            write_parquet(engine.insurance_fund(), tmp / "insurance_fund.parquet")
+            write_tables(book_tables(engine.current_book()), tmp / "book")
     lat = np.array(latency) * 1e3
     if len(lat):
         print(f"{len(lat):,} ticks in {lat.sum() / 1e3:.2f} s: {len(lat) / (lat.sum() / 1e3):,.0f} ticks/s; "
@@ -118,15 +123,15 @@ def cmd_replay(args) -> None:
         print(f"skipped {len(skipped)} bad tick(s), nothing of them applied:", file=sys.stderr)
         for line in skipped[:5]:
             print(f"  {line}", file=sys.stderr)
-    print(f"wrote {out / 'events.parquet'}" + (f", {out / 'insurance_fund.parquet'} and {out / 'book'}/"
-                                                 if args.liquidate else ""))
+    print(f"wrote events.parquet" + (", insurance_fund.parquet and book/" if args.liquidate else "")
+          + f" to {args.out}")
 
 
 def cmd_settle(args) -> None:
     from .settle import settle
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     result = settle(args.book, args.out, marks=args.marks, funding=args.funding, settlement_id=args.id,
-                    steps=steps, part_rows=args.part_rows, progress=True)
+                    steps=steps, part_rows=args.part_rows, progress=True, force=args.force)
     print(result.summary())
     print(f"wrote the settled book, its settlements table and ledger.parquet to {args.out}")
 
@@ -205,6 +210,12 @@ def _liquidating(result) -> tuple[int, int]:
     return int(result.accounts["liquidate"].sum()), iso
 
 
+def _add_force(parser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT even if it is a non-empty folder riskcore did not write, or the output of "
+                             "another command (never an input)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="riskcore", description="Vectorised risk engine for crypto-futures books.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -217,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tiers", type=int, default=10)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ticks", type=int, default=0, help="also write OUT/ticks.parquet with this many ticks")
+    _add_force(g)
     g.set_defaults(func=cmd_gen)
 
     s = sub.add_parser("scan", help="figures, liquidation flags and prices for every position and account")
@@ -224,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--marks", type=Path, help="marks Parquet file (replaces BOOK/marks)")
     s.add_argument("--out", type=Path, metavar="DIR", help="write positions.parquet and accounts.parquet here")
     s.add_argument("--no-liq-price", action="store_true", help="skip liquidation prices (faster)")
+    _add_force(s)
     s.set_defaults(func=cmd_scan)
 
     a = sub.add_parser("apply", help="apply a batch of margin requests (SPEC §5)")
     a.add_argument("book", type=Path, metavar="BOOK/")
     a.add_argument("requests", type=Path, metavar="REQUESTS.parquet")
     a.add_argument("--out", type=Path, metavar="DIR", required=True, help="the new book and outcomes.parquet")
+    _add_force(a)
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("replay", help="replay a tick stream through the engine (SPEC §6)")
@@ -238,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, metavar="DIR", required=True)
     r.add_argument("--liquidate", action="store_true", help="execute forced closes, insurance fund and ADL")
     r.add_argument("--insurance-fund", type=Path, metavar="FILE", help="asset, balance (default 0 everywhere)")
+    _add_force(r)
     r.set_defaults(func=cmd_replay)
 
     st = sub.add_parser("settle", help="nightly funding and daily settlement, exact ledger (SPEC §7)")
@@ -248,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--steps", default="funding,realize", help="funding,realize (default both)")
     st.add_argument("--out", type=Path, required=True, metavar="DIR")
     st.add_argument("--part-rows", type=int, default=1_000_000, help="positions per streamed part (bounds memory)")
+    _add_force(st)
     st.set_defaults(func=cmd_settle)
 
     b = sub.add_parser("bench", help="the performance table: riskcore, baselines and bandwidth floor")

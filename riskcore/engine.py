@@ -8,6 +8,7 @@ those rows and wallets, writing into the engine's figure buffers in place.
 """
 
 from copy import deepcopy
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -417,6 +418,13 @@ class Engine:
             self.book.wallets.order_margin[w] = float(order_margins(ords, self.book.instruments, live).sum())
 
     # -- state out ------------------------------------------------------------------------
+    def current_book(self) -> Book:
+        """The book as the engine holds it now: positions after forced closes and ADL, money
+        after fees, fund payments and ADL, orders cancelled by liquidation removed, and the
+        last tick's marks; scanning it gives the engine's figures."""
+        live = ~self.order_cancelled
+        return replace(self.book, orders=self.book.orders.take(live), mark=self.mark.copy())
+
     def _read_fund(self, table) -> np.ndarray:
         fund = np.zeros(len(self.book.assets), dtype=np.int64)
         if table is not None:

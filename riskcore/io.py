@@ -1,8 +1,5 @@
 """Parquet in and out. A BOOK/ directory holds NAME.parquet or a folder NAME/ of Parquet parts."""
 
-import os
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from .tables import categorical
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
-OPTIONAL = ("orders", "marks")
+OPTIONAL = ("orders", "marks", "settlements")
 MONEY_COLUMNS = {"accounts": "balance", "positions": "isolated_margin"}
 
 
@@ -62,11 +59,8 @@ def load_book(book_dir: Path | str, marks: Path | str | None = None,
 
 
 def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    """One Parquet file (into a command's staging folder: see output.output_dir)."""
+    pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, path)
 
 
 def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:
@@ -88,7 +82,8 @@ def positions_table(book: Book, pos) -> pl.DataFrame:
 
 
 def book_tables(book: Book) -> dict[str, pl.DataFrame]:
-    """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit)."""
+    """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit),
+    with the settlements applied to it, so a chain of commands never applies one twice."""
     inst, wal, ords = book.instruments, book.wallets, book.orders
     symbols = np.array(inst.symbol, dtype=object)
     assets = np.array(book.assets, dtype=object)
@@ -115,40 +110,19 @@ def book_tables(book: Book) -> dict[str, pl.DataFrame]:
             schema_overrides={"symbol": pl.String, "margin_mode": pl.String}),
         marks=pl.DataFrame({"symbol": symbols[held].tolist(), "mark_price": book.mark[held],
                             "funding_rate": pl.Series(book.funding_rate[held], nan_to_null=True)}),
+        settlements=book.settlements,
     )
 
 
-@contextmanager
-def atomic_dir(out: Path | str):
-    """Yield a hidden staging folder beside `out`. On success it replaces `out` whole; on any
-    failure (or a kill) `out` is untouched. Staging folders left by killed runs are removed."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
-    """Write tables as OUT/NAME.parquet, money as exact decimal (SPEC §7), all or nothing."""
-    with atomic_dir(out_dir) as tmp:
-        for name, df in tables.items():
-            table = df.to_arrow()
-            money = MONEY_COLUMNS.get(name)
-            if money is not None and not isinstance(df[money].dtype, pl.Decimal):
-                table = table.set_column(table.schema.get_field_index(money), money,
-                                         units_to_decimal(to_units(df[money], scale, name), scale))
-            pq.write_table(table, tmp / f"{name}.parquet")
+def write_tables(tables: dict[str, pl.DataFrame], folder: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
+    """Write tables as FOLDER/NAME.parquet, money as exact decimal (SPEC §7). Not atomic by
+    itself: commands write into the staging folder of output.output_dir."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        table = df.to_arrow()
+        money = MONEY_COLUMNS.get(name)
+        if money is not None and not isinstance(df[money].dtype, pl.Decimal):
+            table = table.set_column(table.schema.get_field_index(money), money,
+                                     units_to_decimal(to_units(df[money], scale, name), scale))
+        pq.write_table(table, folder / f"{name}.parquet")

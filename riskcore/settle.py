@@ -19,10 +19,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .book import SIDES, Book, _load_positions
+from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_positions, load_settlements, no_settlements
 from .errors import BookError
 from .tables import categorical
-from .io import atomic_dir, money_column, positions_table, read_table, table_path
+from .io import money_column, positions_table, read_table, table_path
+from .output import output_dir
 from .money import decimal_places, exact_amounts
 
 KINDS = ("funding", "realize")
@@ -66,9 +67,11 @@ def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[
 
 
 def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=KINDS,
-           money_scale: dict[str, int] | None = None, part_rows: int = PART_ROWS, progress: bool = False) -> Settlement:
+           money_scale: dict[str, int] | None = None, part_rows: int = PART_ROWS, progress: bool = False,
+           force: bool = False) -> Settlement:
     """Settle BOOK/ into OUT/ (a new book with `settlements.parquet` and `ledger.parquet`), all
-    or nothing."""
+    or nothing (see output.output_dir for what OUT may be; `force` replaces a folder riskcore
+    did not write, never the input)."""
     t_start = time.perf_counter()
     io_time = 0.0
     book_dir, out_dir = Path(book_dir), Path(out_dir)
@@ -76,8 +79,6 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     bad = [s for s in steps if s not in KINDS]
     if bad or not steps:
         raise BookError("settle", "steps", f"steps must be among {', '.join(KINDS)}, got {', '.join(bad) or 'none'}")
-    if out_dir.resolve() == book_dir.resolve():
-        raise BookError(str(out_dir), None, "the output must not be the input book (the input stays untouched)")
     tables = {}
     for name in ("instruments", "risk_tiers", "accounts", "settlements"):
         path = table_path(book_dir, name)
@@ -86,9 +87,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 raise BookError(str(book_dir / f"{name}.parquet"), None, "missing table")
             continue
         tables[name] = (read_table(path), str(path))
-    applied = tables["settlements"][0] if "settlements" in tables else pl.DataFrame(
-        schema={"settlement_id": pl.String, "steps": pl.String, "applied_at": pl.Datetime("us")})
-    if settlement_id in applied["settlement_id"].cast(pl.String).to_list():
+    applied = load_settlements(*tables["settlements"]) if "settlements" in tables else no_settlements()
+    if settlement_id in applied["settlement_id"].to_list():
         raise BookError(tables.get("settlements", (None, str(book_dir / "settlements.parquet")))[1], "settlement_id",
                         f"settlement {settlement_id} was already applied to this book")
     empty = pl.DataFrame(schema={"account_id": pl.Int64, "symbol": pl.String, "qty": pl.Float64,
@@ -120,7 +120,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     ledger_schema = pa.schema([("settlement_id", pa.string()), ("account_id", pa.int64()), ("asset", pa.string()),
                                ("symbol", pa.string()), ("position_side", pa.string()), ("kind", pa.string()),
                                ("amount", pa.decimal128(38, scale))])
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, command="settle", inputs=(book_dir, marks, funding), force=force) as tmp:
         (tmp / "positions").mkdir()
         ledger_file = pq.ParquetWriter(tmp / "ledger.parquet", ledger_schema)  # one row group per part
         from tqdm import tqdm
@@ -171,12 +171,9 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         if orders is not None:
             read_table(orders).write_parquet(tmp / "orders.parquet")
         marks_table.write_parquet(tmp / "marks.parquet")  # the book now stands at the settlement prices
-        pl.concat([applied.select(pl.col("settlement_id").cast(pl.String), pl.col("steps").cast(pl.String),
-                                  pl.col("applied_at").cast(pl.Datetime("us"))),
-                   pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
-                                 "applied_at": [np.datetime64("now", "us").item()]},
-                                schema={"settlement_id": pl.String, "steps": pl.String,
-                                        "applied_at": pl.Datetime("us")})]).write_parquet(tmp / "settlements.parquet")
+        pl.concat([applied, pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
+                                          "applied_at": [np.datetime64("now", "us").item()]},
+                                         schema=SETTLEMENTS_SCHEMA)]).write_parquet(tmp / "settlements.parquet")
         io_time += time.perf_counter() - t
     totals = pl.DataFrame({
         "asset": [a for k in steps for a in head.assets], "kind": [k for k in steps for _ in head.assets],

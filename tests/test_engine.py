@@ -220,11 +220,13 @@ def test_bad_ticks_are_rejected_and_change_nothing():
 
 def test_cli_replay_reports_and_skips_bad_ticks(tmp_path, capsys):
     from riskcore.cli import main
+    (tmp_path / "book").mkdir()
     for name, df in one_position(liq_fee=0.005).items():
-        df.write_parquet(tmp_path / f"{name}.parquet")
+        df.write_parquet(tmp_path / "book" / f"{name}.parquet")
     pl.DataFrame({"ts": [1, 2, 2, 3, 0, 4], "symbol": ["BTCUSDT", "BTCUSDT", "NOPE", "BTCUSDT", "BTCUSDT", "BTCUSDT"],
                   "mark_price": [50100.0, 49000.0, 1.0, float("nan"), 50000.0, 49400.0]}).write_parquet(tmp_path / "t.parquet")
-    assert main(["replay", str(tmp_path), str(tmp_path / "t.parquet"), "--out", str(tmp_path / "o"), "--liquidate"]) == 0
+    assert main(["replay", str(tmp_path / "book"), str(tmp_path / "t.parquet"), "--out", str(tmp_path / "o"),
+                 "--liquidate"]) == 0
     out, err = capsys.readouterr()
     assert "2 ticks in" in out and "position_liquidatable 1" in out and "liquidation_close 1" in out
     assert "skipped 3 bad tick(s)" in err

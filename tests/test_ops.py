@@ -201,11 +201,12 @@ def test_bad_table_applies_nothing():
 
 
 def test_cli_apply(tmp_path, capsys):
+    (tmp_path / "book").mkdir()
     for name, df in good().items():
-        df.write_parquet(tmp_path / f"{name}.parquet")
+        df.write_parquet(tmp_path / "book" / f"{name}.parquet")
     requests([dict(account_id=1, symbol="BTCUSD", op="add_margin", value=0.001),
               dict(account_id=1, op="transfer_out", value=1e9, asset="USDT")]).write_parquet(tmp_path / "req.parquet")
-    assert main(["apply", str(tmp_path), str(tmp_path / "req.parquet"), "--out", str(tmp_path / "new")]) == 0
+    assert main(["apply", str(tmp_path / "book"), str(tmp_path / "req.parquet"), "--out", str(tmp_path / "new")]) == 0
     assert "2 requests: 1 accepted; rejected by reason: insufficient_transferable 1" in capsys.readouterr().out
     out = pl.read_parquet(tmp_path / "new" / "outcomes.parquet")
     assert out["accepted"].to_list() == [True, False]

@@ -181,13 +181,14 @@ def test_a_killed_run_leaves_no_output_and_the_input_untouched(tmp_path):
                              "--out", str(tmp_path / "out"), "--part-rows", "500"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and len(list(tmp_path.glob(".out.tmp-*/positions/part-*.parquet"))) < 4:
+    while time.time() < deadline and len(list(tmp_path.glob(".out.riskcore-*/positions/part-*.parquet"))) < 4:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(tmp_path.glob(".out.tmp-*")), "the run finished before it could be killed"
+    assert list(tmp_path.glob(".out.riskcore-*")), "the run finished before it could be killed"
     assert not (tmp_path / "out").exists()
     assert {p: p.read_bytes() for p in book.rglob("*.parquet")} == before
     # the next run starts clean and succeeds
     settle(book, tmp_path / "out", marks=marks, settlement_id="k")
     assert (tmp_path / "out" / "settlements.parquet").exists()
+    assert not list(tmp_path.glob(".out.riskcore-*")), "the dead run's staging folder was not cleaned"

@@ -1,0 +1,207 @@
+"""Output folders: a command writes only its own folder, whole or not at all.
+
+A command stages everything it writes in a private folder beside OUT and publishes it in
+one step: an atomic exchange of the two folders (Linux `renameat2(RENAME_EXCHANGE)`), so a
+reader of OUT sees the previous complete output or the new one, never a mix and never a gap.
+What riskcore writes carries a manifest (`MANIFEST`: command, version, files and sizes);
+that is how riskcore knows a folder is its own. It refuses, with one line:
+- an OUT that is an input, lies inside one or contains one (inputs are never touched, even
+  with `force`);
+- an OUT that is a file, a symbolic link or the current folder;
+- a non-empty OUT it did not write, or wrote with another command (`force` replaces those).
+
+Every run holds an exclusive lock (`flock`) on its own lock file for its whole life, so a
+leftover of a killed run is recognised as dead for certain (the kernel drops a dead
+process's locks) and cleaned by the next run into the same OUT; a live run's staging folder
+is never touched. Setting up and publishing happen under a lock on the parent folder, so two
+runs racing for one OUT publish one after the other, each whole.
+"""
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .errors import BookError
+
+MANIFEST = ".riskcore-output.json"
+_TAG = ".riskcore-"  # staging, lock and old-copy names: .OUT.riskcore-TOKEN[.lock|.old]
+
+
+class OutputError(BookError):
+    """An output folder riskcore will not write (names the folder and why)."""
+
+    def __init__(self, out: Path, problem: str):
+        super().__init__(str(out), None, problem)
+
+
+@contextmanager
+def output_dir(out, *, command: str, inputs=(), force: bool = False):
+    """Yield a private staging folder; on success publish it as `out` whole, on any failure
+    (or a kill) leave `out` as it was. `inputs` are paths the command reads (never written,
+    never inside or around `out`)."""
+    out = Path(os.path.abspath(out))
+    _check_target(out, [Path(p) for p in inputs if p is not None])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    stage = out.with_name(f".{out.name}{_TAG}{token}")
+    with _locked(out.parent):
+        _clean_dead_runs(out)
+        _check_existing(out, command, force)
+        lock_fd = os.open(f"{stage}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        stage.mkdir()
+        yield stage
+        _write_manifest(stage, command)
+        _fsync_tree(stage)
+        with _locked(out.parent):
+            _check_existing(out, command, force)  # it may have changed while we computed
+            _publish(stage, out, token)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # after a publish it holds the previous output
+        os.unlink(f"{stage}.lock")
+        os.close(lock_fd)
+
+
+def is_riskcore_output(folder: Path) -> dict | None:
+    """The manifest of a folder riskcore wrote, or None."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_target(out: Path, inputs: list[Path]) -> None:
+    if out.is_symlink():
+        raise OutputError(out, "is a symbolic link; give the folder itself")
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "is a file; the output is a folder")
+    real = Path(os.path.realpath(out))
+    if real == Path(os.path.realpath(os.getcwd())) or real in Path(os.path.realpath(os.getcwd())).parents:
+        raise OutputError(out, "is the current folder (or holds it); riskcore replaces OUT whole, name another folder")
+    for given in inputs:
+        src = Path(os.path.realpath(given))
+        if src == real:
+            raise OutputError(out, f"is the input {given}; riskcore never writes over its input")
+        if real in src.parents:
+            raise OutputError(out, f"holds the input {given}; riskcore never writes over its input")
+        if src in real.parents:
+            raise OutputError(out, f"lies inside the input {given}; riskcore never writes into its input")
+
+
+def _check_existing(out: Path, command: str, force: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        _check_target(out, [])
+    if not out.is_dir() or force or not any(out.iterdir()):
+        return
+    manifest = is_riskcore_output(out)
+    if manifest is None:
+        raise OutputError(out, "is a non-empty folder riskcore did not write; name a new or empty folder "
+                               "(or --force to replace it)")
+    if manifest.get("command") != command:
+        raise OutputError(out, f"holds the output of 'riskcore {manifest.get('command')}', which "
+                               f"'riskcore {command}' would replace; name another folder (or --force)")
+
+
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on a folder (flock on its descriptor), released on exit or death."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clean_dead_runs(out: Path) -> None:
+    """Remove what killed runs into `out` left; restore a previous output a run killed
+    between the two renames of the fallback publish had moved aside."""
+    prefix = f".{out.name}{_TAG}"
+    for lock in out.parent.glob(f"{prefix}*.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its run is alive
+            stage = Path(str(lock)[:-len(".lock")])
+            old = Path(f"{stage}.old")
+            if old.is_dir() and not out.exists():
+                old.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
+            lock.unlink()
+        finally:
+            os.close(fd)
+
+
+def _write_manifest(stage: Path, command: str) -> None:
+    files = {str(p.relative_to(stage)): p.stat().st_size for p in sorted(stage.rglob("*")) if p.is_file()}
+    manifest = dict(riskcore=__version__, command=command, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    argv=sys.argv[1:], files=files)
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Files and folders on disk before they are published (a power cut then leaves the old
+    or the new output, as a kill does)."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(stage: Path, out: Path, token: str) -> None:
+    if not out.exists():
+        stage.rename(out)
+    elif not _exchange(stage, out):
+        # no atomic exchange here: move the old output aside, then the new one in. A kill
+        # between the two renames is repaired by the next run (_clean_dead_runs).
+        old = Path(f"{stage}.old")
+        out.rename(old)
+        stage.rename(out)
+        old.rename(stage)
+    _fsync_dir(out.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically; False where the system cannot (the caller falls back)."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
