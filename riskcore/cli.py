@@ -24,7 +24,8 @@ def _cold_cache_notice() -> None:
 def cmd_gen(args) -> None:
     from .gen import generate
     from .io import write_tables
-    from .output import output_dir
+    from .output import check_output, output_dir
+    check_output(args.out, command="gen", force=args.force)
     t = time.perf_counter()
     tables = generate(args.accounts, args.positions, args.symbols, args.seed, args.tiers)
     with output_dir(args.out, command="gen", force=args.force) as tmp:
@@ -38,14 +39,16 @@ def cmd_gen(args) -> None:
 
 def cmd_scan(args) -> None:
     from .io import load_book, write_parquet
+    from .output import check_output, output_dir
     from .scan import scan
+    if args.out:
+        check_output(args.out, command="scan", inputs=(args.book, args.marks), force=args.force)
     t = time.perf_counter()
     book = load_book(args.book, marks=args.marks)
     loaded = time.perf_counter()
     result = scan(book, liq_prices=not args.no_liq_price)
     print(result.summary())
     if args.out:
-        from .output import output_dir
         with output_dir(args.out, command="scan", inputs=(args.book, args.marks), force=args.force) as tmp:
             write_parquet(result.positions, tmp / "positions.parquet")
             write_parquet(result.accounts, tmp / "accounts.parquet")
@@ -56,7 +59,8 @@ def cmd_scan(args) -> None:
 def cmd_apply(args) -> None:
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
     from .ops import apply_requests
-    from .output import output_dir
+    from .output import check_output, output_dir
+    check_output(args.out, command="apply", inputs=(args.book, args.requests), force=args.force)
     t = time.perf_counter()
     book = load_book(args.book)
     requests = read_table(args.requests)
@@ -78,8 +82,9 @@ def cmd_replay(args) -> None:
 
     from .engine import EVENT_KINDS, Engine, TickError
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
-    from .output import output_dir
+    from .output import check_output, output_dir
     from .tables import require
+    check_output(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund), force=args.force)
     book = load_book(args.book)
     ticks = read_table(args.ticks)
     require(ticks, str(args.ticks), "ts", "symbol", "mark_price")

@@ -48,8 +48,7 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
     """Yield a private staging folder; on success publish it as `out` whole, on any failure
     (or a kill) leave `out` as it was. `inputs` are paths the command reads (never written,
     never inside or around `out`)."""
-    out = Path(os.path.abspath(out))
-    _check_target(out, [Path(p) for p in inputs if p is not None])
+    out = check_output(out, command=command, inputs=inputs, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     stage = out.with_name(f".{out.name}{_TAG}{token}")
@@ -70,6 +69,15 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
         shutil.rmtree(stage, ignore_errors=True)  # after a publish it holds the previous output
         os.unlink(f"{stage}.lock")
         os.close(lock_fd)
+
+
+def check_output(out, *, command: str, inputs=(), force: bool = False) -> Path:
+    """Refuse now (OutputError) what output_dir would refuse, before a long computation;
+    returns OUT as an absolute path."""
+    out = Path(os.path.abspath(out))
+    _check_target(out, [Path(p) for p in inputs if p is not None])
+    _check_existing(out, command, force)
+    return out
 
 
 def is_riskcore_output(folder: Path) -> dict | None:
@@ -181,7 +189,11 @@ def _publish(stage: Path, out: Path, token: str) -> None:
         # between the two renames is repaired by the next run (_clean_dead_runs).
         old = Path(f"{stage}.old")
         out.rename(old)
-        stage.rename(out)
+        try:
+            stage.rename(out)
+        except BaseException:
+            old.rename(out)
+            raise
         old.rename(stage)
     _fsync_dir(out.parent)
 
