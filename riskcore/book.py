@@ -127,6 +127,7 @@ class Book:
     mark: np.ndarray               # per symbol, NaN where no mark is known
     funding_rate: np.ndarray       # per symbol, NaN where none is known
     settlements: pl.DataFrame = field(default_factory=no_settlements)  # applied settlement ids
+    marks_name: str = "marks"      # what errors about the book's marks call them (their file)
 
     @classmethod
     def from_tables(cls, instruments, risk_tiers, accounts, positions, orders=None, marks=None, settlements=None,
@@ -157,6 +158,7 @@ class Book:
         book = cls(assets, scales, inst, wallets, pos, ords,
                    np.full(len(inst), np.nan), np.full(len(inst), np.nan))
         book.derive_positions()
+        book.marks_name = names["marks"]
         if settlements is not None:
             book.settlements = load_settlements(settlements, names["settlements"])
         if marks is not None:
@@ -197,8 +199,10 @@ class Book:
         mark[sym], funding[sym] = price, rate
         return mark, funding
 
-    def check_marks(self, mark: np.ndarray, table: str = "marks") -> None:
-        """Every symbol with a non-flat position needs a mark."""
+    def check_marks(self, mark: np.ndarray, table: str | None = None) -> None:
+        """Every symbol with a non-flat position needs a mark (errors call the marks `table`,
+        by default the book's own marks file)."""
+        table = self.marks_name if table is None else table
         held = np.zeros(len(self.instruments), dtype=bool)
         held[self.positions.symbol[self.positions.qty != 0]] = True
         missing = np.flatnonzero(held & np.isnan(mark))
@@ -255,6 +259,7 @@ def _load_tiers(df: pl.DataFrame, symbols: list[str], frac: np.ndarray, inst_ord
     max_lev = float_col(df, t, "max_leverage")
     check(max_lev >= 1, t, "max_leverage", "must be >= 1")
     given = float_col(df, t, "maintenance_amount", default=np.nan, nullable=True)
+    check(~(given < 0), t, "maintenance_amount", "must be >= 0")
 
     order = np.lexsort((floor, sym))
     sym_s, floor_s, mmr_s = sym[order], floor[order], mmr[order]

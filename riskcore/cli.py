@@ -80,22 +80,17 @@ def cmd_apply(args) -> None:
 def cmd_replay(args) -> None:
     from tqdm import tqdm
 
-    from .engine import EVENT_KINDS, Engine, TickError
+    from .engine import EVENT_KINDS, Engine, TickError, load_ticks
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
     from .output import check_output, output_dir
-    from .tables import require
     check_output(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund), force=args.force)
     book = load_book(args.book)
-    ticks = read_table(args.ticks)
-    require(ticks, str(args.ticks), "ts", "symbol", "mark_price")
+    # Ticks are runs of rows with equal ts, in file order; the whole file is checked and
+    # names are mapped to ids once, before anything runs.
+    ts, sym, price, names = load_ticks(read_table(args.ticks), book, str(args.ticks))
     fund = read_table(args.insurance_fund) if args.insurance_fund else None
-    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund)
-    # Ticks are runs of rows with equal ts, in file order; names are mapped to ids once.
-    ts = ticks["ts"].to_numpy()
-    price = ticks["mark_price"].cast(pl.Float64).to_numpy()
-    names = ticks["symbol"].cast(pl.String)
-    index = {s: i for i, s in enumerate(book.instruments.symbol)}
-    sym = names.replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
+    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund,
+                    fund_name=str(args.insurance_fund) if args.insurance_fund else "insurance_fund")
     bounds = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1], True]) if len(ts) else np.zeros(1, np.int64)
     latency, skipped = [], []
     for a, b in tqdm(zip(bounds[:-1], bounds[1:]), total=len(bounds) - 1, unit="tick", file=sys.stderr,
@@ -286,22 +281,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so Python's final flush cannot fail again (the recipe of the
+    Python docs for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (e.g. captured)
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("scan", "demo", "gen", "apply", "replay", "settle", "bench"):
             _cold_cache_notice()
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:  # `riskcore ... | head`: the reader has gone; stop quietly
+        _stdout_to_devnull()
+        return 141
     except BookError as e:
         print(f"riskcore: error: {e}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as e:
-        print(f"riskcore: error: {e}", file=sys.stderr)
+        name = getattr(e, "filename", None)
+        print(f"riskcore: error: {e}" + (f" ({name})" if name and str(name) not in str(e) else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("riskcore: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug: still one line for the user; RISKCORE_DEBUG=1 shows the traceback
+    except (Exception, pl.exceptions.PanicException) as e:  # a bug: still one line for the user; RISKCORE_DEBUG=1 shows the traceback
         if os.environ.get("RISKCORE_DEBUG"):
             raise
         print(f"riskcore: internal error: {type(e).__name__}: {e} (RISKCORE_DEBUG=1 for details)", file=sys.stderr)

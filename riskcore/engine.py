@@ -14,11 +14,11 @@ import numpy as np
 import polars as pl
 
 from .book import SIDES, Book, order_margins
-from .errors import BookError
+from .errors import BookError, check
 from .money import exact_amounts, to_units, units_to_decimal
 from .kernels import NOTIONAL, WALLET_STATE, tick_rows, tick_wallets
 from .scan import ACCOUNT_FIGURES, ScanArrays, scan_into
-from .tables import as_frame, categorical, codes, str_col
+from .tables import as_float64, as_frame, categorical, codes, require, str_col
 
 EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_close", "adl_close",
                "insurance_fund_shortfall")
@@ -43,16 +43,16 @@ class Engine:
     """
 
     def __init__(self, book: Book, marks=None, *, liquidate: bool = False, insurance_fund=None,
-                 resync_every: int = RESYNC_EVERY):
+                 resync_every: int = RESYNC_EVERY, fund_name: str = "insurance_fund"):
         self.book = deepcopy(book) if liquidate else book
         book = self.book
         mark = book.mark if marks is None else book.read_marks(marks)[0]
-        book.check_marks(mark)
+        book.check_marks(mark, None if marks is None else "marks")
         self.mark = mark.copy()
         self.execute = liquidate
         self.resync_every = resync_every
         self._ticks = 0
-        self.fund = self._read_fund(insurance_fund)
+        self.fund = self._read_fund(insurance_fund, fund_name)
         self.ts = None
         pos, n_sym = book.positions, len(book.instruments)
         by_symbol = np.argsort(pos.symbol, kind="stable")
@@ -425,12 +425,18 @@ class Engine:
         live = ~self.order_cancelled
         return replace(self.book, orders=self.book.orders.take(live), mark=self.mark.copy())
 
-    def _read_fund(self, table) -> np.ndarray:
+    def _read_fund(self, table, name: str = "insurance_fund") -> np.ndarray:
+        """Units per asset from an (asset, balance) table; errors call it `name` (its file)."""
         fund = np.zeros(len(self.book.assets), dtype=np.int64)
         if table is not None:
-            df = as_frame(table, "insurance_fund")
-            asset = codes(str_col(df, "insurance_fund", "asset"), self.book.assets, "insurance_fund", "unknown asset")
-            fund[asset] = to_units(df["balance"], self.book.asset_scale[asset], "insurance_fund")
+            df = as_frame(table, name)
+            asset = codes(str_col(df, name, "asset"), self.book.assets, name, "unknown asset")
+            require(df, name, "balance")
+            order = np.argsort(asset, kind="stable")
+            dup = np.flatnonzero(np.diff(asset[order]) == 0)
+            if len(dup):
+                raise BookError(name, "asset", "asset listed twice", np.sort(order[np.r_[dup, dup + 1]]))
+            fund[asset] = to_units(df["balance"], self.book.asset_scale[asset], name)
         return fund
 
     def events(self) -> pl.DataFrame:
@@ -473,6 +479,36 @@ class Engine:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
         return pl.DataFrame({"asset": self.book.assets,
                              "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+
+
+def load_ticks(table, book: Book, name: str = "ticks"):
+    """Parse and check a whole tick table (columns ts, symbol, mark_price) before anything
+    runs; returns (ts, symbol ids with -1 where unknown, prices, symbol names). Refused with
+    one line naming `name`, the column and the rows: a missing column, a null or non-text
+    symbol, a null or non-numeric price, a null, NaN or infinite ts, a ts that is neither
+    numbers nor timestamps. An unknown symbol, a NaN or non-positive price and time going
+    backwards are bad ticks: the replay skips each such tick (TickError), nothing of it applied."""
+    df = as_frame(table, name)
+    require(df, name, "ts", "symbol", "mark_price")
+    names = str_col(df, name, "symbol").cast(pl.String)
+    p = df["mark_price"]
+    if not (p.dtype.is_numeric() or p.dtype == pl.Null):
+        raise BookError(name, "mark_price", f"expected numbers, got {p.dtype}")
+    if p.null_count():
+        raise BookError(name, "mark_price", "null value", np.flatnonzero(p.is_null().to_numpy()))
+    price = as_float64(p).to_numpy() if len(p) else np.zeros(0)
+    t = df["ts"]
+    if not (t.dtype.is_numeric() or t.dtype.is_temporal()) or isinstance(t.dtype, (pl.Duration, pl.Time)):
+        raise BookError(name, "ts", f"expected numbers or timestamps, got {t.dtype}")
+    if t.null_count():
+        raise BookError(name, "ts", "null value", np.flatnonzero(t.is_null().to_numpy()))
+    if t.dtype.is_float() or isinstance(t.dtype, pl.Decimal):
+        t = as_float64(t)
+        check(np.isfinite(t.to_numpy()), name, "ts", "NaN or infinite value")
+    ts = t.to_numpy()
+    index = {s: i for i, s in enumerate(book.instruments.symbol)}
+    sym = names.replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
+    return ts, sym, price, names
 
 
 def _ranges(lo, hi) -> np.ndarray:

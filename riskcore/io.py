@@ -1,5 +1,6 @@
 """Parquet in and out. A BOOK/ directory holds NAME.parquet or a folder NAME/ of Parquet parts."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
-from .tables import categorical
+from .tables import _first_line, arrow_to_frame, categorical, float_text64, normalize_arrow
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
@@ -26,19 +27,87 @@ def table_path(book_dir: Path, name: str) -> Path | None:
 
 
 def read_table(path: Path | str) -> pl.DataFrame:
-    """One Parquet file or a folder of parts, as polars (errors name the path)."""
+    """One Parquet file or a folder of parts, as polars (errors name the path). Parts may
+    differ in compatible types (see unify_parts); Arrow types polars cannot take are
+    converted exactly or refused (tables.arrow_to_frame)."""
     path = Path(path)
     if not path.exists():
         raise BookError(str(path), None, "no such file or folder")
+    if path.is_dir():
+        parts = sorted(path.rglob("*.parquet"))
+        if not parts:
+            raise BookError(str(path), None, "folder holds no .parquet files")
+        table = unify_parts([(str(p), normalize_arrow(_read_parquet(p), str(p))) for p in parts])
+    else:
+        table = _read_parquet(path)
+    return arrow_to_frame(table, str(path))
+
+
+def _read_parquet(path: Path) -> pa.Table:
     try:
-        if path.is_dir():
-            parts = sorted(path.rglob("*.parquet"))
-            if not parts:
-                raise BookError(str(path), None, "folder holds no .parquet files")
-            return pl.from_arrow(pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default"))
-        return pl.from_arrow(pq.read_table(path))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise BookError(str(path), None, f"cannot read as Parquet: {e}") from None
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
+
+
+def unify_parts(parts: list[tuple[str, pa.Table]]) -> pa.Table:
+    """Concatenate Parquet parts whose column types may differ compatibly: integer widths
+    (to int64, or uint64 when all are unsigned), floats and int+float (to float64; float32
+    means the decimal it prints as), decimals and decimal+int (to decimal128(38, the largest
+    scale)), text of any Arrow kind (to large_string), timestamps (to the finest unit);
+    an all-null column takes the others' type and a column missing from a part is null
+    there. Anything else, or a value that does not fit the common type, is refused naming
+    the part file and the column."""
+    names = list(dict.fromkeys(n for _, t in parts for n in t.schema.names))
+    out = [t for _, t in parts]
+    for column in names:
+        typed = [(i, t.schema.field(column).type) for i, (_, t) in enumerate(parts)
+                 if column in t.schema.names and not pa.types.is_null(t.schema.field(column).type)]
+        target = _common_type(column, [(parts[i][0], ty) for i, ty in typed])
+        for i, (name, t) in enumerate(parts):
+            if column not in t.schema.names or t.schema.field(column).type == target:
+                continue
+            at = t.schema.get_field_index(column)
+            try:
+                col = float_text64(t.column(at)) if pa.types.is_floating(t.schema.field(column).type) \
+                    and pa.types.is_float64(target) else t.column(at)
+                out[i] = out[i].set_column(at, column, col.cast(target))
+            except pa.ArrowException as e:
+                raise BookError(name, column, f"cannot convert {t.schema.field(column).type} to the other parts' "
+                                              f"{target}: {_first_line(e)}") from None
+    try:
+        return pa.concat_tables(out, promote_options="default")
+    except pa.ArrowException as e:
+        raise BookError(parts[0][0], None, f"cannot combine the parts: {_first_line(e)}") from None
+
+
+def _common_type(column: str, typed: list[tuple[str, pa.DataType]]) -> pa.DataType:
+    if not typed:
+        return pa.null()
+    first_name, first = typed[0]
+    kinds = {t for _, t in typed}
+    if len(kinds) == 1:
+        return first
+    T = pa.types
+
+    def text(t):
+        return T.is_string(t) or T.is_large_string(t) or T.is_string_view(t) or (
+            T.is_dictionary(t) and (T.is_string(t.value_type) or T.is_large_string(t.value_type)))
+    if all(text(t) for t in kinds):
+        return pa.large_string()
+    if all(T.is_integer(t) for t in kinds):
+        return pa.uint64() if all(T.is_unsigned_integer(t) for t in kinds) else pa.int64()
+    if all(T.is_integer(t) or T.is_floating(t) for t in kinds):
+        return pa.float64()
+    if all(T.is_integer(t) or T.is_decimal(t) for t in kinds):
+        return pa.decimal128(38, max(t.scale for t in kinds if T.is_decimal(t)))
+    if all(T.is_timestamp(t) for t in kinds) and len({t.tz for t in kinds}) == 1:
+        unit = max((t.unit for t in kinds), key=("s", "ms", "us", "ns").index)  # the finest
+        return pa.timestamp(unit, first.tz)
+    for name, t in typed:
+        if t != first:
+            raise BookError(name, column, f"type {t} does not match {first} in {first_name}")
+    return first
 
 
 def load_book(book_dir: Path | str, marks: Path | str | None = None,
@@ -55,12 +124,26 @@ def load_book(book_dir: Path | str, marks: Path | str | None = None,
                 raise BookError(str(book_dir / f"{name}.parquet"), None, "missing table")
             continue
         tables[name], names[name] = read_table(path), str(path)
+    names.setdefault("marks", str(book_dir / "marks.parquet"))  # named even when absent
     return Book.from_tables(**tables, money_scale=money_scale, names=names)
+
+
+@contextmanager
+def writing(path: Path | str):
+    """Errors while writing `path` (a full disk, no permission) as one BookError naming it."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise BookError(str(path), None, f"cannot write: {reason}") from None
 
 
 def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
     """One Parquet file (into a command's staging folder: see output.output_dir)."""
-    pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, path)
+    with writing(path):
+        pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, path)
 
 
 def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:
@@ -125,4 +208,4 @@ def write_tables(tables: dict[str, pl.DataFrame], folder: Path | str, scale: int
         if money is not None and not isinstance(df[money].dtype, pl.Decimal):
             table = table.set_column(table.schema.get_field_index(money), money,
                                      units_to_decimal(to_units(df[money], scale, name), scale))
-        pq.write_table(table, folder / f"{name}.parquet")
+        write_parquet(table, folder / f"{name}.parquet")

@@ -1,10 +1,11 @@
 """Money as exact fixed-point integers ("units" = 10**-scale of the asset).
 
 Balances and isolated margins are held as int64 units so that settlement, margin
-operations and forced closes move money exactly. Float inputs mean the decimal they print
-as (their shortest round-trip form) and are rounded half-to-even to the asset's scale;
-Arrow/polars decimals are converted exactly (rounded half-to-even only if they carry more
-places than the asset's scale).
+operations and forced closes move money exactly. Float inputs (float64, float32) mean the
+decimal they print as (their shortest round-trip form) and are rounded half-to-even to the
+asset's scale; integers of any width and Arrow/polars decimals are converted exactly by
+integer arithmetic (rounded half-to-even only if they carry more places than the asset's
+scale); an amount beyond 64-bit units is refused naming its rows.
 """
 
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
@@ -22,50 +23,84 @@ def _round_decimal(x: float, scale: int) -> int:
     return int((Decimal(repr(x)).scaleb(scale)).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-def _floats_to_units(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _floats_to_units(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 units, too_big) of finite floats, each meaning the decimal it prints as."""
     product = x * 10.0 ** scale
-    units = np.rint(product)
-    # The float product is exact to well under half a unit except near a rounding tie or
-    # beyond 2**52; those few rows go through decimal so the result is the decimal rule's.
+    # The float product is within |product|·2**-51 of the decimal's; rint is certified
+    # unless that is near a rounding tie or beyond 2**52: those few rows go through decimal.
     frac = np.abs(product - np.trunc(product))
-    slow = (np.abs(frac - 0.5) < 1e-6) | (np.abs(product) >= 2.0**52)
-    for i in np.flatnonzero(slow & np.isfinite(x)):
-        units[i] = _round_decimal(float(x[i]), int(scale[i]))
-    return units
+    window = np.maximum(1e-6, np.abs(product) * 2.0**-48)
+    slow = (np.abs(frac - 0.5) < window) | (np.abs(product) >= 2.0**52)
+    too_big = np.abs(product) >= 2.0**64  # surely too big: no decimal needed
+    units = np.where(slow, 0.0, np.rint(product)).astype(np.int64)
+    for i in np.flatnonzero(slow & ~too_big):
+        u = _round_decimal(float(x[i]), int(scale[i]))
+        if abs(u) > _INT64_MAX:
+            too_big[i] = True
+        else:
+            units[i] = u
+    return units, too_big
+
+
+def _fixed_to_units(values: pl.Series, places: int, scale: np.ndarray, table: str, name: str) -> np.ndarray:
+    """Integers meaning values·10^-places (an integer column, places 0, or a decimal's
+    physical Int128) as int64 units at `scale` per row: exact integer arithmetic, rounded
+    half-to-even where places > scale; |units| > 2**63 - 1 is refused naming the rows."""
+    from .tables import out_of_int64
+    if values.dtype == pl.UInt128:
+        big = out_of_int64(values, 2**127 - 1)
+        if big.any():
+            raise BookError(table, name, "amount too large for 64-bit fixed point", np.flatnonzero(big))
+    v = pl.DataFrame({"v": values.cast(pl.Int128)})
+    out = np.empty(len(values), dtype=np.int64)
+    for s in np.unique(scale):
+        rows = np.flatnonzero(scale == s)
+        part = v[rows] if len(rows) != len(out) else v
+        k = int(s) - places
+        if k >= 0:
+            m = 10**k
+            limit = _INT64_MAX // m
+            big = out_of_int64(part["v"], limit, -limit)
+            if big.any():
+                raise BookError(table, name, "amount too large for 64-bit fixed point", rows[big])
+            out[rows] = part["v"].cast(pl.Int64).to_numpy() * (np.int64(m) if limit else 0)
+        else:  # round half to even: q = floor(v / d), up when the remainder passes half
+            d = pl.lit(10**-k, dtype=pl.Int128)
+            two = pl.lit(2, dtype=pl.Int128)
+            q = pl.col("v").floordiv(d)
+            r = pl.col("v") - q * d
+            odd = (q - q.floordiv(two) * two) != pl.lit(0, dtype=pl.Int128)
+            up = (r > d - r) | ((r == d - r) & odd)
+            units = part.select(q + up.cast(pl.Int128)).to_series()
+            big = out_of_int64(units, _INT64_MAX, -_INT64_MAX)
+            if big.any():
+                raise BookError(table, name, "amount too large for 64-bit fixed point", rows[big])
+            out[rows] = units.cast(pl.Int64).to_numpy()
+    return out
 
 
 def to_units(col: pl.Series, scale: np.ndarray, table: str) -> np.ndarray:
-    """Convert a money column (float, integer or decimal) to int64 units at `scale` per row."""
+    """Convert a money column to int64 units at `scale` per row, exactly: integers (any
+    width, signed or not) and decimals (any scale) by integer arithmetic, rounded half to
+    even beyond the scale; floats (float64, float32) mean the decimal they print as."""
+    from .tables import as_float64
     scale = np.broadcast_to(np.asarray(scale, dtype=np.int64), (len(col),))
     if col.null_count():
         raise BookError(table, col.name, "null money amount", np.flatnonzero(col.is_null().to_numpy()))
     if isinstance(col.dtype, pl.Decimal):
-        out = np.empty(len(col), dtype=np.int64)
-        for s in np.unique(scale):
-            rows = np.flatnonzero(scale == s)
-            part = col.gather(rows)
-            if part.dtype.scale > s:
-                part = part.round(int(s), mode="half_to_even")
-            phys = part.cast(pl.Decimal(38, int(s))).to_physical()
-            too_big = ((phys > _INT64_MAX) | (phys < -_INT64_MAX)).to_numpy()
-            if too_big.any():
-                raise BookError(table, col.name, "amount too large for 64-bit fixed point", rows[too_big])
-            out[rows] = phys.cast(pl.Int64).to_numpy()
-        return out
-    if not col.dtype.is_numeric():
+        return _fixed_to_units(col.to_physical(), col.dtype.scale, scale, table, col.name)
+    if col.dtype.is_integer():
+        return _fixed_to_units(col, 0, scale, table, col.name)
+    if not col.dtype.is_float():
         raise BookError(table, col.name, f"expected a number or decimal, got {col.dtype}")
-    x = col.cast(pl.Float64).to_numpy()
+    x = as_float64(col).to_numpy()
     bad = ~np.isfinite(x)
     if bad.any():
         raise BookError(table, col.name, "NaN or infinite amount", np.flatnonzero(bad))
-    if col.dtype.is_integer():
-        units = x * 10.0 ** scale
-    else:
-        units = _floats_to_units(x, scale)
-    too_big = np.abs(units) >= 2.0**63
+    units, too_big = _floats_to_units(x, scale)
     if too_big.any():
         raise BookError(table, col.name, "amount too large for 64-bit fixed point", np.flatnonzero(too_big))
-    return units.astype(np.int64)
+    return units
 
 
 def units_to_decimal(units: np.ndarray, scale: int) -> pa.Array:

@@ -18,7 +18,7 @@ from .errors import BookError
 from .kernels import UPNL, WALLET_STATE, tier_of
 from .money import to_units, units_to_decimal
 from .scan import ScanArrays, scan_into
-from .tables import as_frame, int_col, str_col
+from .tables import as_float64, as_frame, int_col, str_col
 
 OPS = ("add_margin", "remove_margin", "set_leverage", "set_margin_mode", "transfer_in", "transfer_out")
 ADD, REMOVE, LEVERAGE, MODE, TRANSFER_IN, TRANSFER_OUT = range(len(OPS))
@@ -137,14 +137,18 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
             moved[r] = amount
 
 
-def _values(df: pl.DataFrame, table: str) -> np.ndarray:
-    """The value column as floats; NaN/inf/null stay (those requests are rejected, not raised)."""
+def _values(df: pl.DataFrame, table: str, needed: np.ndarray | None = None) -> np.ndarray:
+    """The value column as floats; NaN/inf/null stay (those requests are rejected, not raised).
+    Without the column, a table where any request needs a value (`needed`) is refused."""
     if "value" not in df.columns:
+        if needed is not None and needed.any():
+            raise BookError(table, "value", "missing column (every op but set_margin_mode needs a value)",
+                            np.flatnonzero(needed))
         return np.full(df.height, np.nan)
     s = df["value"]
     if not (s.dtype.is_numeric() or isinstance(s.dtype, pl.Decimal) or s.dtype == pl.Null):
         raise BookError(table, "value", f"expected numbers, got {s.dtype}")
-    return s.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return as_float64(s).fill_null(np.nan).to_numpy()
 
 
 def _search(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -184,7 +188,7 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
         raise BookError(table, "request_id", "request_id listed twice", dup)
     account_id = int_col(df, table, "account_id")
     op_text = str_col(df, table, "op").cast(pl.String).to_numpy()
-    value = _values(df, table)
+    value = _values(df, table, needed=op_text != OPS[MODE])
     symbol_text = str_col(df, table, "symbol", "").cast(pl.String).to_numpy() if "symbol" in df.columns \
         else np.full(n, "", dtype=object)
     side_text = str_col(df, table, "position_side", "both").cast(pl.String).to_numpy()
@@ -208,7 +212,10 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
     with np.errstate(invalid="ignore", over="ignore"):
         money_op = (op == ADD) | (op == REMOVE) | transfer
         in_range = np.isfinite(value) & (value > 0) & (value * 10.0 ** scale < 2.0**62)
-        units = to_units(pl.Series("value", np.where(money_op & in_range, value, 0.0)), scale, table)
+        units = np.zeros(n, dtype=np.int64)
+        exact = np.flatnonzero(money_op & in_range)  # the column itself: decimals and integers exactly
+        if len(exact):
+            units[exact] = to_units(df["value"].gather(exact), scale[exact], table)
         bad_value = np.where(op == MODE, mode < 0, ~in_range)
         bad_value |= (op == LEVERAGE) & ~(value >= 1)
         bad_value |= money_op & (units <= 0)  # below one money unit

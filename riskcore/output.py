@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BookError
+from .io import writing
 
 MANIFEST = ".riskcore-output.json"
 _TAG = ".riskcore-"  # staging, lock and old-copy names: .OUT.riskcore-TOKEN[.lock|.old]
@@ -58,13 +59,18 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
         lock_fd = os.open(f"{stage}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
-        stage.mkdir()
-        yield stage
-        _write_manifest(stage, command)
-        _fsync_tree(stage)
-        with _locked(out.parent):
-            _check_existing(out, command, force)  # it may have changed while we computed
-            _publish(stage, out, token)
+        with writing(out):  # a full disk fails naming at least the output folder
+            stage.mkdir()
+            yield stage
+            _write_manifest(stage, command)
+            _fsync_tree(stage)
+            with _locked(out.parent):
+                _check_existing(out, command, force)  # it may have changed while we computed
+                _publish(stage, out, token)
+    except BookError as e:  # name the file the user asked for, not its staging copy
+        if not e.table.startswith(str(stage)):
+            raise
+        raise BookError(str(out) + e.table[len(str(stage)):], e.column, e.problem, e.rows) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after a publish it holds the previous output
         os.unlink(f"{stage}.lock")

@@ -128,7 +128,7 @@ def scan(book: Book, marks=None, *, liq_prices: bool = True) -> ScanResult:
     kernel's arrays, handed to polars without a copy where polars allows.
     """
     mark = book.mark if marks is None else book.read_marks(marks)[0]
-    book.check_marks(mark)
+    book.check_marks(mark, None if marks is None else "marks")
     out = ScanArrays.empty(len(book.positions), len(book.wallets))
     nothing = np.empty(0, np.int64)  # load the compiled kernels outside the timed call
     scan_into(book, mark, out, with_liq_price=liq_prices, rows=nothing, wallets=nothing)

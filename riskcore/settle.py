@@ -13,15 +13,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_positions, load_settlements, no_settlements
+from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions, load_settlements, no_settlements
 from .errors import BookError
-from .tables import categorical
+from .tables import _first_line, arrow_to_frame, categorical
 from .io import money_column, positions_table, read_table, table_path
 from .output import output_dir
 from .money import decimal_places, exact_amounts
@@ -79,6 +80,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     bad = [s for s in steps if s not in KINDS]
     if bad or not steps:
         raise BookError("settle", "steps", f"steps must be among {', '.join(KINDS)}, got {', '.join(bad) or 'none'}")
+    if isinstance(part_rows, bool) or not isinstance(part_rows, (int, np.integer)) or part_rows < 1:
+        raise BookError("settle", "part_rows", f"must be a positive number of rows, got {part_rows}")
     tables = {}
     for name in ("instruments", "risk_tiers", "accounts", "settlements"):
         path = table_path(book_dir, name)
@@ -110,7 +113,14 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     if pos_path is None:
         raise BookError(str(book_dir / "positions.parquet"), None, "missing table")
     files = sorted(pos_path.rglob("*.parquet")) if pos_path.is_dir() else [pos_path]
-    total_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if not files:
+        raise BookError(str(pos_path), None, "folder holds no .parquet files")
+    total_rows = sum(_parquet_file(f).metadata.num_rows for f in files)
+    orders_path = table_path(book_dir, "orders")
+    orders = None
+    if orders_path is not None:  # the rules of load_book; the one against positions once all parts are read
+        orders = read_table(orders_path)
+        _load_orders(orders, head.instruments, head.wallets, head.positions, str(orders_path))
     delta = np.zeros(len(head.wallets), dtype=np.int64)
     n_assets = len(head.assets)
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
@@ -129,10 +139,10 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         for f in files:
             offset = 0
             t = time.perf_counter()
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=part_rows):
-                df = pl.from_arrow(batch)
+            for batch in _batches(f, part_rows):
                 io_time += time.perf_counter() - t
                 try:
+                    df = arrow_to_frame(batch, str(f))
                     pos = _load_positions(df, head.instruments, head.wallets, head.asset_scale, str(f))
                 except BookError as e:  # rows relative to the file, not the batch
                     raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
@@ -154,6 +164,11 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         if part == 0:  # an empty book still gets a (typed, empty) positions part
             positions_table(head, head.positions).write_parquet(tmp / "positions" / "part-00000.parquet")
         _check_across_parts(keys, groups, str(pos_path))
+        if orders is not None:  # one margin mode per account and symbol across positions and orders
+            g = pl.Series(np.concatenate(groups) if groups else np.zeros(0, np.int64)).unique().to_numpy()
+            n_sym = len(head.instruments)
+            held = SimpleNamespace(wallet=g // 2 // n_sym, symbol=g // 2 % n_sym, isolated=g % 2 == 1)
+            _load_orders(orders, head.instruments, head.wallets, held, str(orders_path))
         t = time.perf_counter()
         ledger_file.write_table(_house_rows(head, sums, steps, settlement_id).select(ledger_schema.names)
                                 .to_arrow().cast(ledger_schema))
@@ -167,9 +182,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         accounts.write_parquet(tmp / "accounts.parquet")
         for name in ("instruments", "risk_tiers"):
             tables[name][0].write_parquet(tmp / f"{name}.parquet")
-        orders = table_path(book_dir, "orders")
         if orders is not None:
-            read_table(orders).write_parquet(tmp / "orders.parquet")
+            orders.write_parquet(tmp / "orders.parquet")
         marks_table.write_parquet(tmp / "marks.parquet")  # the book now stands at the settlement prices
         pl.concat([applied, pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
                                           "applied_at": [np.datetime64("now", "us").item()]},
@@ -186,6 +200,26 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                                     "balance": money_column(head, balance[negative], head.wallets.asset[negative])},
                                    schema_overrides={"asset": pl.String}),
                       total_rows, time.perf_counter() - t_start, io_time)
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
+
+
+def _batches(path: Path, part_rows: int):
+    """The file's record batches of at most part_rows rows; read errors name the file."""
+    batches = _parquet_file(path).iter_batches(batch_size=part_rows)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
+        yield batch
 
 
 def _decimal(units: int, scale: int):

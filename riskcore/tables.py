@@ -3,6 +3,8 @@
 Every helper raises BookError naming the table, the column and the 0-based rows at fault.
 """
 
+from decimal import ROUND_05UP, Decimal, localcontext
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -10,17 +12,177 @@ import pyarrow.compute as pc
 
 from .errors import BookError, check
 
+# What polars cannot take from Arrow is converted here (exactly) or refused with one line;
+# nothing reaches pl.from_arrow that could make it panic.
+DECIMAL_LIMIT_PLACES = 19  # decimal256 beyond decimal128: exact to 19 places (round-to-odd), |v| < 10**19
+
 
 def as_frame(obj, table: str) -> pl.DataFrame:
     if isinstance(obj, pl.DataFrame):
         return obj
-    if isinstance(obj, pl.LazyFrame):
-        return obj.collect()
-    if isinstance(obj, (pa.Table, pa.RecordBatch)):
-        return pl.from_arrow(obj)
-    if isinstance(obj, dict):
-        return pl.DataFrame(obj)
+    try:
+        if isinstance(obj, pl.LazyFrame):
+            return obj.collect()
+        if isinstance(obj, (pa.Table, pa.RecordBatch)):
+            return arrow_to_frame(obj, table)
+        if isinstance(obj, dict):
+            return pl.DataFrame(obj)
+    except BookError:
+        raise
+    except (Exception, pl.exceptions.PanicException) as e:
+        raise BookError(table, None, f"cannot read as a table: {_first_line(e)}") from None
     raise BookError(table, None, f"expected a polars or pyarrow table, got {type(obj).__name__}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def arrow_to_frame(table, name: str) -> pl.DataFrame:
+    """The one door from Arrow (a user's pyarrow table or a Parquet file) into polars:
+    every column normalised (normalize_arrow), then converted; a column polars still cannot
+    take is refused naming it."""
+    table = normalize_arrow(table, name)
+    try:
+        return pl.from_arrow(table)
+    except (Exception, pl.exceptions.PanicException):
+        pass
+    for i, field in enumerate(table.schema):  # find the column at fault, to name it
+        try:
+            pl.from_arrow(pa.table({"c": table.column(i)}))
+        except (Exception, pl.exceptions.PanicException) as e:
+            raise BookError(name, field.name, f"cannot read Arrow type {field.type}: {_first_line(e)}") from None
+    raise BookError(name, None, "cannot read as a table")
+
+
+def normalize_arrow(table, name: str) -> pa.Table:
+    """Arrow columns in types polars reads without loss: decimal256 narrowed to decimal128
+    (exactly, or refused naming rows), negative-scale decimals rescaled, dictionaries of
+    non-text decoded, time zones polars does not know read as UTC (same instants), text
+    checked to be UTF-8. Types polars cannot read at all are refused naming the column."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    names = table.schema.names
+    seen = set()
+    for c in names:
+        if c in seen:
+            raise BookError(name, c, "column appears more than once")
+        seen.add(c)
+    columns, changed = [], False
+    for field, col in zip(table.schema, table.columns):
+        new = _normalize_column(col, field.name, name)
+        changed |= new is not col
+        columns.append(new)
+    return pa.Table.from_arrays(columns, names=names) if changed else table
+
+
+def _has(t: pa.DataType, pred) -> bool:
+    """Whether `t` or any type nested in it satisfies pred."""
+    if pred(t):
+        return True
+    if pa.types.is_dictionary(t):
+        return _has(t.value_type, pred)
+    return any(_has(t.field(i).type, pred) for i in range(t.num_fields))
+
+
+def _normalize_column(col: pa.ChunkedArray, column: str, name: str) -> pa.ChunkedArray:
+    t = col.type
+    if pa.types.is_dictionary(t):
+        if pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type):
+            _check_utf8(col, column, name)
+            return col
+        return _normalize_column(col.cast(t.value_type), column, name)  # decode: plain values
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        _check_utf8(col, column, name)
+        return col
+    if pa.types.is_decimal(t):
+        if pa.types.is_decimal256(t) or t.scale < 0:
+            return _narrow_decimal(col, column, name)
+        return col
+    if pa.types.is_timestamp(t) and t.tz is not None:
+        try:
+            pl.from_arrow(pa.table({"c": col.slice(0, 0)}))
+        except (Exception, pl.exceptions.PanicException):
+            return col.cast(pa.timestamp(t.unit, "UTC"))  # the same instants
+        return col
+    if _has(t, lambda x: pa.types.is_decimal256(x)):
+        raise BookError(name, column, f"cannot read Arrow type {t} (decimal256 inside a nested column)")
+    return col
+
+
+def _check_utf8(col: pa.ChunkedArray, column: str, name: str) -> None:
+    try:
+        col.validate(full=True)
+    except pa.ArrowException as e:
+        raise BookError(name, column, f"text is not valid UTF-8: {_first_line(e)}") from None
+
+
+def _narrow_decimal(col: pa.ChunkedArray, column: str, name: str) -> pa.ChunkedArray:
+    """decimal256 (or a negative-scale decimal) as decimal128: a lossless cast where the
+    values fit; otherwise exact to 19 places by round-to-odd (ROUND_05UP), which keeps any
+    later half-even rounding to 18 places or fewer exact; |value| >= 10**19 is refused."""
+    t = col.type
+    targets = []
+    if t.scale >= 0:
+        if t.precision <= 38:
+            targets.append(pa.decimal128(t.precision, t.scale))
+        elif t.scale <= 38:
+            targets.append(pa.decimal128(38, t.scale))
+    elif t.precision - t.scale <= 38:
+        targets.append(pa.decimal128(t.precision - t.scale, 0))
+    for target in targets:
+        try:
+            return col.cast(target)  # safe cast: raises rather than lose a digit
+        except pa.ArrowException:
+            pass
+    values = col.to_pylist()
+    limit = Decimal(10) ** DECIMAL_LIMIT_PLACES
+    big = [i for i, v in enumerate(values) if v is not None and abs(v) >= limit]
+    if big:
+        raise BookError(name, column, f"decimal of magnitude 10^{DECIMAL_LIMIT_PLACES} or more "
+                                      "does not fit riskcore's 38-digit decimals", big)
+    quantum = Decimal(1).scaleb(-DECIMAL_LIMIT_PLACES)
+    with localcontext() as ctx:
+        ctx.prec = 200
+        out = [None if v is None else v.quantize(quantum, rounding=ROUND_05UP) for v in values]
+    return pa.chunked_array([pa.array(out, pa.decimal128(38, DECIMAL_LIMIT_PLACES))])
+
+
+def out_of_int64(s: pl.Series, limit: int = 2**63 - 1, low: int | None = None) -> np.ndarray:
+    """Per row, whether an integer of any width (or a decimal's Int128 physical value) lies
+    outside [low, limit] (low defaults to -limit - 1); nulls count as inside."""
+    low = -limit - 1 if low is None else low
+    v = pl.col("v")
+    if s.dtype == pl.UInt128:  # compared in its own type: it may exceed Int128
+        out = pl.DataFrame({"v": s}).select(v > pl.lit(limit, dtype=pl.UInt128)).to_series()
+        return out.fill_null(False).to_numpy()
+    out = pl.DataFrame({"v": s.cast(pl.Int128)}).select(
+        (v > pl.lit(limit, dtype=pl.Int128)) | (v < pl.lit(low, dtype=pl.Int128))).to_series()
+    return out.fill_null(False).to_numpy()
+
+
+def float_text64(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """An Arrow float column as float64 meaning the decimal each value prints as (float32
+    0.1 is 0.1); float64 is returned as is."""
+    t = col.type
+    if pa.types.is_float64(t):
+        return col
+    if pa.types.is_float32(t):
+        return col.cast(pa.string()).cast(pa.float64())
+    return pa.chunked_array([pa.array([None if v is None else float(str(np.float16(v))) for v in col.to_pylist()],
+                                      pa.float64())])
+
+
+def as_float64(s: pl.Series) -> pl.Series:
+    """A numeric series as Float64 meaning the decimal each value prints as: float32 0.1 is
+    0.1 (via its shortest text), not 0.100000001490116; integers and decimals are cast."""
+    if s.dtype == pl.Float32:
+        return s.cast(pl.String).cast(pl.Float64)
+    if s.dtype == pl.Float16:
+        return pl.Series(s.name, [None if v is None else float(str(np.float16(v))) for v in s.to_list()],
+                         dtype=pl.Float64)
+    return s.cast(pl.Float64)
 
 
 def require(df: pl.DataFrame, table: str, *columns: str) -> None:
@@ -57,6 +219,9 @@ def int_col(df: pl.DataFrame, table: str, name: str) -> np.ndarray:
     if not s.dtype.is_integer():
         raise BookError(table, name, f"expected integers, got {s.dtype}")
     _no_nulls(s, table)
+    if s.dtype in (pl.UInt64, pl.Int128, pl.UInt128):
+        big = out_of_int64(s)
+        check(~big, table, name, "integer outside the 64-bit signed range")
     return s.cast(pl.Int64).to_numpy()
 
 
@@ -74,7 +239,7 @@ def float_col(df: pl.DataFrame, table: str, name: str, default: float | None = N
         raise BookError(table, name, f"expected numbers, got {s.dtype}")
     if not nullable:
         _no_nulls(s, table)
-    x = s.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    x = as_float64(s).fill_null(np.nan).to_numpy()
     present = ~s.is_null().to_numpy()
     check(np.isfinite(x) | ~present, table, name, "NaN or infinite value")
     return x
