@@ -76,7 +76,7 @@ def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Ser
 
 
 def positions_table(book: Book, pos) -> pl.DataFrame:
-    """Positions (the book's, or any Positions over its ids) as the SPEC §1 table."""
+    """Positions (the book's, or any Positions over its ids) as the positions table (model §2.4)."""
     return pl.DataFrame({
         "account_id": book.wallets.account_id[pos.wallet],
         "symbol": categorical(pos.symbol, book.instruments.symbol),
@@ -88,7 +88,7 @@ def positions_table(book: Book, pos) -> pl.DataFrame:
 
 
 def book_tables(book: Book) -> dict[str, pl.DataFrame]:
-    """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit)."""
+    """The book as its tables (model §2; money as exact decimals, maintenance amounts explicit)."""
     inst, wal, ords = book.instruments, book.wallets, book.orders
     symbols = np.array(inst.symbol, dtype=object)
     assets = np.array(book.assets, dtype=object)
@@ -143,7 +143,7 @@ def atomic_dir(out: Path | str):
 
 
 def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
-    """Write tables as OUT/NAME.parquet, money as exact decimal (SPEC §7), all or nothing."""
+    """Write tables as OUT/NAME.parquet, money as exact decimal (model §3), all or nothing."""
     with atomic_dir(out_dir) as tmp:
         for name, df in tables.items():
             table = df.to_arrow()
