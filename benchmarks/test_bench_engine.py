@@ -1,4 +1,4 @@
-"""Ticks, Parquet load and settlement benchmarks (SPEC §10)."""
+"""Ticks, Parquet load and settlement benchmarks (targets: README, Performance)."""
 
 import numpy as np
 import pytest

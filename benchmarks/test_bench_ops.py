@@ -1,4 +1,4 @@
-"""Margin-operation batches (SPEC §5): 10% as many requests as positions."""
+"""Margin-operation batches (docs/model.md §7): 10% as many requests as positions."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""The book: every table of SPEC §1 as validated, sorted, dense-id numpy columns.
+"""The book: every table of docs/model.md §2 as validated, sorted, dense-id numpy columns.
 
 Loaded once; kernels read these arrays directly. Layout decisions (they decide speed):
 - symbols and wallets (account_id, asset) become dense integer ids at load;
@@ -38,7 +38,7 @@ class Instruments:
     tier_start: np.ndarray         # int64, len n_symbols + 1
     tier_floor: np.ndarray
     tier_mmr: np.ndarray
-    tier_cum: np.ndarray           # maintenance amount, given or derived (SPEC §2)
+    tier_cum: np.ndarray           # maintenance amount, given or derived (model §4.2)
     tier_max_leverage: np.ndarray
 
     def __len__(self):
@@ -52,7 +52,7 @@ class Wallets:
     asset: np.ndarray              # int32 asset id
     balance: np.ndarray            # int64 money units
     pos_start: np.ndarray          # int64, len n_wallets + 1
-    order_margin: np.ndarray       # float, SPEC §3: resting orders' margin (fixed by their limit prices)
+    order_margin: np.ndarray       # float, model §5.2: resting orders' margin (fixed by their limit prices)
 
     def __len__(self):
         return len(self.account_id)
@@ -132,7 +132,7 @@ class Book:
     @classmethod
     def from_tables(cls, instruments, risk_tiers, accounts, positions, orders=None, marks=None, settlements=None,
                     money_scale: dict[str, int] | None = None, names: dict[str, str] | None = None):
-        """Validate and load a book from polars/pyarrow tables (SPEC §1).
+        """Validate and load a book from polars/pyarrow tables (docs/model.md §2).
 
         `names` maps a table to what error messages call it (e.g. its file path);
         `money_scale` gives decimal places per asset (default 8).
@@ -276,7 +276,7 @@ def _load_tiers(df: pl.DataFrame, symbols: list[str], frac: np.ndarray, inst_ord
         raise BookError(t, "mmr", "mmr decreases as the notional floor rises", np.sort(order[falling]))
 
     cum = given[order].copy()
-    for i in np.flatnonzero(np.isnan(cum)):  # derived cum (SPEC §2): continuous mm across tiers
+    for i in np.flatnonzero(np.isnan(cum)):  # derived cum (model §4.2): continuous mm across tiers
         cum[i] = 0.0 if first[i] else cum[i - 1] + floor_s[i] * (mmr_s[i] - mmr_s[i - 1])
     tier_start = np.searchsorted(sym_s, np.arange(len(symbols) + 1)).astype(np.int64)
     untiered = np.flatnonzero((np.diff(tier_start) == 0) & np.isnan(frac))
@@ -408,7 +408,7 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
 
 
 def order_margins(orders: Orders, inst: Instruments, rows=slice(None)) -> np.ndarray:
-    """SPEC §3, per resting order: abs(q)·f·price/leverage (inverse: abs(q)·f/price/leverage)."""
+    """Model §5.2, per resting order: abs(q)·f·price/leverage (inverse: abs(q)·f/price/leverage)."""
     sym = orders.symbol[rows]
     value = np.where(inst.inverse[sym], 1.0 / orders.price[rows], orders.price[rows])
     return np.abs(orders.qty[rows]) * inst.face_value[sym] * value / orders.leverage[rows]

@@ -1,4 +1,4 @@
-"""Command line (SPEC §8). Every command exits 2 with one line naming the file, column and
+"""Command line (docs/model.md §10). Every command exits 2 with one line naming the file, column and
 rows at fault on bad input; never a traceback."""
 
 import argparse
@@ -239,14 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(s)
     s.set_defaults(func=cmd_scan)
 
-    a = sub.add_parser("apply", help="apply a batch of margin requests (SPEC §5)")
+    a = sub.add_parser("apply", help="apply a batch of margin requests (docs/model.md §7)")
     a.add_argument("book", type=Path, metavar="BOOK/")
     a.add_argument("requests", type=Path, metavar="REQUESTS.parquet")
     a.add_argument("--out", type=Path, metavar="DIR", required=True, help="the new book and outcomes.parquet")
     _add_force(a)
     a.set_defaults(func=cmd_apply)
 
-    r = sub.add_parser("replay", help="replay a tick stream through the engine (SPEC §6)")
+    r = sub.add_parser("replay", help="replay a tick stream through the engine (docs/model.md §8)")
     r.add_argument("book", type=Path, metavar="BOOK/")
     r.add_argument("ticks", type=Path, metavar="TICKS.parquet", help="columns ts, symbol, mark_price")
     r.add_argument("--out", type=Path, metavar="DIR", required=True)
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(r)
     r.set_defaults(func=cmd_replay)
 
-    st = sub.add_parser("settle", help="nightly funding and daily settlement, exact ledger (SPEC §7)")
+    st = sub.add_parser("settle", help="nightly funding and daily settlement, exact ledger (docs/model.md §9)")
     st.add_argument("book", type=Path, metavar="BOOK/")
     st.add_argument("--marks", type=Path, required=True, metavar="FILE", help="settlement prices (symbol, mark_price)")
     st.add_argument("--funding", type=Path, metavar="FILE", help="symbol, funding_rate (default: the marks' funding_rate)")

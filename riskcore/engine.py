@@ -1,4 +1,4 @@
-"""The tick engine (SPEC §6): holds a book, re-checks only what each mark update can change,
+"""The tick engine (docs/model.md §8): holds a book, re-checks only what each mark update can change,
 reports liquidations edge-triggered, and optionally executes them (forced close, liquidation
 fee to the insurance fund, bankruptcy paid by the fund, auto-deleveraging when it cannot).
 
@@ -440,7 +440,7 @@ class Engine:
         return fund
 
     def events(self) -> pl.DataFrame:
-        """Every event so far (SPEC §6 columns), money as exact decimals of the asset."""
+        """Every event so far (columns: model §8.2), money as exact decimals of the asset."""
         book, ev = self.book, self._events
         wal = np.array([e["wallet"] for e in ev], dtype=np.int64)
         row = np.array([e["row"] for e in ev], dtype=np.int64)

@@ -1,4 +1,4 @@
-"""A realistic synthetic book (SPEC §8 `riskcore gen`), deterministic for a seed.
+"""A realistic synthetic book (docs/model.md §10, `riskcore gen`), deterministic for a seed.
 
 Zipf-like symbol popularity, heavy-tailed position sizes, 1–50 positions per account,
 ~20% isolated, ~5% hedge-mode accounts, a few inverse (coin-settled) contracts, Binance-like
@@ -191,7 +191,7 @@ def _round_sig(x: np.ndarray, digits: int = 8) -> np.ndarray:
 
 
 def generate_requests(tables: dict[str, pl.DataFrame], n: int, seed: int = 0) -> pl.DataFrame:
-    """A realistic batch of margin requests (SPEC §5) against a generated book: mostly margin
+    """A realistic batch of margin requests (docs/model.md §7) against a generated book: mostly margin
     top-ups and removals on isolated positions, leverage changes, transfers, a few mode
     switches and a sprinkling of malformed requests."""
     rng = np.random.default_rng(seed)

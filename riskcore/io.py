@@ -153,7 +153,7 @@ def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Ser
 
 
 def positions_table(book: Book, pos) -> pl.DataFrame:
-    """Positions (the book's, or any Positions over its ids) as the SPEC §1 table."""
+    """Positions (the book's, or any Positions over its ids) as the positions table (model §2.4)."""
     return pl.DataFrame({
         "account_id": book.wallets.account_id[pos.wallet],
         "symbol": categorical(pos.symbol, book.instruments.symbol),
@@ -165,7 +165,7 @@ def positions_table(book: Book, pos) -> pl.DataFrame:
 
 
 def book_tables(book: Book) -> dict[str, pl.DataFrame]:
-    """The book as SPEC §1 tables (money as exact decimals; maintenance amounts explicit),
+    """The book as its tables (model §2; money as exact decimals, maintenance amounts explicit),
     with the settlements applied to it, so a chain of commands never applies one twice."""
     inst, wal, ords = book.instruments, book.wallets, book.orders
     symbols = np.array(inst.symbol, dtype=object)
@@ -198,7 +198,7 @@ def book_tables(book: Book) -> dict[str, pl.DataFrame]:
 
 
 def write_tables(tables: dict[str, pl.DataFrame], folder: Path | str, scale: int = DEFAULT_MONEY_SCALE) -> None:
-    """Write tables as FOLDER/NAME.parquet, money as exact decimal (SPEC §7). Not atomic by
+    """Write tables as FOLDER/NAME.parquet, money as exact decimal (model §3). Not atomic by
     itself: commands write into the staging folder of output.output_dir."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

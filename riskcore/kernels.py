@@ -1,5 +1,5 @@
-"""numba kernels: per-position figures (SPEC §2), isolated/cross checks (§3), liquidation
-prices (§4). Arrays in, arrays out; no validation here (the Python layer did it).
+"""numba kernels: per-position figures (docs/model.md §4), isolated/cross checks (§5), liquidation
+prices (§6). Arrays in, arrays out; no validation here (the Python layer did it).
 
 Hot path, two passes: `position_pass` computes every row's figures (flat and branch-light,
 in parallel over rows); `wallet_pass` walks wallets in parallel, and since a wallet's
@@ -53,7 +53,7 @@ def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
 @njit(**JIT)
 def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_fraction,
                 t0, t1, tier_floor, tier_mmr, tier_cum):
-    """(notional, upnl, im, mm, fee) of one position (SPEC §2), division-free: the symbol's
+    """(notional, upnl, im, mm, fee) of one position (model §4), division-free: the symbol's
     face·P (face/P inverse) and ±1 come per tick, face·E (face/E) and 1/leverage per position.
     All zero when flat, even where the symbol has no mark (NaN)."""
     notional = abs(qty) * face_mark
@@ -75,7 +75,7 @@ def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_f
 @njit(**JIT)
 def account_figures(balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin):
     """(equity, risk_ratio, available_balance, transferable, total_equity, liquidate) of a
-    wallet from its sums (SPEC §3)."""
+    wallet from its sums (model §5)."""
     equity = balance + upnl_sum
     if not has_cross:
         risk_ratio = 0.0
@@ -138,7 +138,7 @@ def _liq_price_single(cushion, qty, entry, leverage, inverse, face, taker, mm_fr
 @njit(**JIT)
 def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fraction,
               t0, t1, tier_floor, tier_mmr, tier_cum, mark):
-    """Mark price of one symbol at which cushion + Σ_legs(upnl − mm − fee) = 0 (SPEC §4).
+    """Mark price of one symbol at which cushion + Σ_legs(upnl − mm − fee) = 0 (model §6).
 
     Legs are rows i0..i1-1 (one position, or both legs of a hedge-mode symbol) moving
     with the price. In t (= P, or 1/P for inverse contracts) the function is linear between
@@ -214,7 +214,7 @@ def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolate
                   symbol_unit, face_mark, direction, taker, mm_fraction,
                   tier_start, tier_floor, tier_mmr, tier_cum, with_positions,
                   p_notional, p_upnl, p_im, p_mm, p_fee, p_roe, p_margin_balance, p_risk_ratio, p_liquidate):
-    """Per-position figures (SPEC §2) and isolated checks (§3) for every row, or for `rows`.
+    """Per-position figures (model §4) and isolated checks (§5) for every row, or for `rows`.
 
     Division-free: the symbol's face·P (face/P inverse) comes per tick in face_mark, the
     position's face·E (face/E) and 1/leverage from the book. p_upnl, p_im, p_mm, p_fee and
@@ -263,8 +263,8 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
                 a_available, a_transferable, a_total_equity, a_liquidate,
                 with_sums, p_notional, w_state):
-    """Account figures (SPEC §3) of `wallets` from the position pass, cross flags onto their
-    positions, and liquidation prices (§4). Each thread owns whole wallets: segmented sums.
+    """Account figures (model §5) of `wallets` from the position pass, cross flags onto their
+    positions, and liquidation prices (§6). Each thread owns whole wallets: segmented sums.
     with_sums also keeps each wallet's sums (the tick engine's starting point for deltas)."""
     for j in prange(len(wallets)):
         w = wallets[j]

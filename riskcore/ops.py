@@ -1,4 +1,4 @@
-"""Margin operations (SPEC §5, seed 004): a batch of requests applied in order to a book.
+"""Margin operations (docs/model.md §7): a batch of requests applied in order to a book.
 
 The request table is checked and resolved to dense ids in Python (vectorised); a numba
 pass then applies the requests, each thread owning whole wallets and taking that wallet's
@@ -170,7 +170,7 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book, pl.DataFrame]:
-    """Apply a request batch (SPEC §5) to a copy of `book`; returns (new book, outcomes).
+    """Apply a request batch (model §7) to a copy of `book`; returns (new book, outcomes).
 
     A malformed table (missing columns, wrong types, duplicate request ids) raises BookError
     and applies nothing. Malformed requests are rejected with a reason, not raised.

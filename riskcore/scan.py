@@ -1,4 +1,4 @@
-"""The full scan (SPEC §2–4): public entry point around the kernels' two passes."""
+"""The full scan (docs/model.md §4–6): public entry point around the kernels' two passes."""
 
 import time
 from dataclasses import dataclass
@@ -120,7 +120,7 @@ class ScanResult:
 
 
 def scan(book: Book, marks=None, *, liq_prices: bool = True) -> ScanResult:
-    """Every figure of SPEC §2–4 for every position and wallet, as polars DataFrames.
+    """Every figure of model §4–6 for every position and wallet, as polars DataFrames.
 
     `marks`: a marks table (polars/pyarrow) or None to use the book's own marks. Every
     symbol with a non-flat position needs a mark. Output rows are in book order (positions

@@ -1,4 +1,4 @@
-"""Nightly settlement (SPEC §7): funding and daily settlement, exact to the money unit.
+"""Nightly settlement (docs/model.md §9): funding and daily settlement, exact to the money unit.
 
 Streams the positions part by part (a Parquet file's row groups, or a folder of parts), so a
 book larger than memory settles in bounded memory; only the wallets (one row per account and
@@ -55,7 +55,7 @@ class Settlement:
 
 
 def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[str, np.ndarray]:
-    """Per position and step, the account's amount in units of its settle asset (SPEC §7):
+    """Per position and step, the account's amount in units of its settle asset (model §9):
     funding −q·f·P·rate (inverse −q·f/P·rate: longs pay a positive rate), realize
     q·f·(P − E) (inverse q·f·(1/E − 1/P)); exact, see money.exact_amounts."""
     inst = book.instruments

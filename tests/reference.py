@@ -1,4 +1,4 @@
-"""Slow, obviously-correct reference implementations of SPEC §2–3, straight from the tables.
+"""Slow, obviously-correct reference implementations of docs/model.md §4–5, straight from the tables.
 
 Independent of riskcore's loader and kernels: reads the polars input tables row by row and
 computes in Decimal (50 digits) from the exact values of the float inputs.
@@ -12,7 +12,7 @@ INF = D("Infinity")
 
 
 def money(x, scale=8) -> Decimal:
-    """SPEC §7: a float amount means the decimal it prints as, rounded half-even to the scale."""
+    """Model §3: a float amount means the decimal it prints as, rounded half-even to the scale."""
     exact = x if isinstance(x, Decimal) else D(repr(float(x)))
     return exact.quantize(D(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
 

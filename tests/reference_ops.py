@@ -1,4 +1,4 @@
-"""Plain reference for margin operations (SPEC §5): requests applied one at a time, every
+"""Plain reference for margin operations (docs/model.md §7): requests applied one at a time, every
 figure recomputed from scratch by the scan reference, money in Decimal."""
 
 from decimal import ROUND_CEILING

@@ -1,4 +1,4 @@
-"""Hypothesis strategies: random books with every feature of SPEC §1 and its edge cases."""
+"""Hypothesis strategies: random books with every feature of docs/model.md §2 and its edge cases."""
 
 import polars as pl
 from hypothesis import strategies as st

@@ -1,4 +1,4 @@
-"""The tick engine (SPEC §6) against full re-scans and plain liquidation rules."""
+"""The tick engine (docs/model.md §8) against full re-scans and plain liquidation rules."""
 
 from decimal import Decimal
 
@@ -246,7 +246,7 @@ def test_gen_ticks_replay_end_to_end(tmp_path, capsys):
 
 
 def reference_liquidation(tables, fund_units):
-    """A plain per-position liquidation procedure (SPEC §6, seed 000/003) in exact decimals:
+    """A plain per-position liquidation procedure (model §8.3) in exact decimals:
     at the book's marks, every liquidatable isolated position closes (realized PnL floored,
     the fee rounded up and capped at what is left, the rest back to the wallet), then every
     liquidatable cross wallet closes all its cross positions; deficits are paid by the fund.
@@ -271,7 +271,7 @@ def reference_liquidation(tables, fund_units):
 
     marks = dict(zip(tables["marks"]["symbol"], tables["marks"]["mark_price"]))
 
-    def close(p):  # every input means the decimal it prints as (SPEC §7)
+    def close(p):  # every input means the decimal it prints as (model §3)
         i = inst[p["symbol"]]
         q, f, E, P = (exact(x) for x in (p["qty"], i["face_value"], p["entry_price"], marks[p["symbol"]]))
         rate = exact(i.get("liquidation_fee_rate") or 0.0)

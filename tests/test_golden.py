@@ -1,4 +1,4 @@
-"""SPEC §9: Binance's published cross-margin example and the derived-cum tier table."""
+"""docs/model.md §11: Binance's published cross-margin example and the derived-cum tier table."""
 
 import numpy as np
 import polars as pl

@@ -32,7 +32,7 @@ INT64_MAX = 2**63 - 1
 
 
 def tables():
-    """A tiny valid book (SPEC §1) as pyarrow tables."""
+    """A tiny valid book (model §2) as pyarrow tables."""
     return dict(
         instruments=pa.table({"symbol": ["BTCUSDT", "ETHUSDT"], "contract_type": ["linear", "linear"],
                               "face_value": [1.0, 1.0], "taker_fee_rate": [0.0004, 0.0004]}),

@@ -1,4 +1,4 @@
-"""SPEC §4: a position re-marked at its liquidation price sits exactly on the boundary."""
+"""docs/model.md §6: a position re-marked at its liquidation price sits exactly on the boundary."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Margin operations (SPEC §5, seed 004) against the one-at-a-time Decimal reference."""
+"""Margin operations (docs/model.md §7) against the one-at-a-time Decimal reference."""
 
 from decimal import Decimal
 

@@ -142,7 +142,7 @@ def test_flat_symbol_needs_no_mark():
 
 
 def test_notional_exactly_on_a_floor_takes_the_upper_tier():
-    """SPEC §2: the tier is the last with floor <= N; visible with given maintenance amounts."""
+    """Model §4.2: the tier is the last with floor <= N; visible with given maintenance amounts."""
     tables = dict(
         instruments=pl.DataFrame({"symbol": ["X"], "contract_type": ["linear"], "face_value": [1.0],
                                   "taker_fee_rate": [0.0]}),

@@ -1,4 +1,4 @@
-"""Nightly settlement (SPEC §7) against a plain Fraction reference, to the last unit."""
+"""Nightly settlement (docs/model.md §9) against a plain Fraction reference, to the last unit."""
 
 import math
 import os

@@ -1,4 +1,4 @@
-"""Every book rule of SPEC §1: a BookError naming the table, the column and the rows."""
+"""Every book rule of docs/model.md §2: a BookError naming the table, the column and the rows."""
 
 import math
 
