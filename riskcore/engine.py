@@ -434,10 +434,10 @@ class Engine:
         r = np.where(has_row, row, 0)
         asset = book.wallets.asset[wal] if len(ev) else np.zeros(0, np.int32)
         scale = int(book.asset_scale.max()) if len(book.asset_scale) else 8
-        shift = 10 ** (scale - book.asset_scale[asset]) if len(ev) else np.zeros(0, np.int64)
 
         def money(key):
-            return pl.from_arrow(units_to_decimal(np.array([e[key] for e in ev], dtype=np.int64) * shift, scale))
+            return pl.from_arrow(units_to_decimal(np.array([e[key] for e in ev], dtype=np.int64), scale,
+                                                  book.asset_scale[asset]))
 
         symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
         sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
@@ -464,7 +464,7 @@ class Engine:
     def insurance_fund(self) -> pl.DataFrame:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
         return pl.DataFrame({"asset": self.book.assets,
-                             "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+                             "balance": pl.from_arrow(units_to_decimal(self.fund, scale, self.book.asset_scale))})
 
 
 def _ranges(lo, hi) -> np.ndarray:
