@@ -72,6 +72,8 @@ INT64_MIN = -(2**63)
 INT64_MAX = _INT64_MAX
 _MASK32 = np.uint64(0xFFFFFFFF)
 _DECIMAL128_LIMIT = 10**38
+_POW10 = np.array([10**k for k in range(20)], dtype=np.uint64)
+_INT64_MAX_OVER = np.array([_INT64_MAX // 10**k for k in range(20)], dtype=np.int64)
 
 
 def add_overflows(a, b) -> np.ndarray:
@@ -153,15 +155,24 @@ def units_to_decimal(units: np.ndarray, scale: int, from_scale=None) -> pa.Array
         if np.any(shift < 0):
             raise ValueError("units_to_decimal: from_scale above the column's scale")
         wide = shift > 19
-        neg = units < 0
-        raw = units.view(np.uint64)
-        mag = np.where(neg, ~raw + np.uint64(1), raw)  # |units|, 2^63 included
-        high, low = _mul_u64(mag, (np.uint64(10) ** np.where(wide, 0, shift).astype(np.uint64)))
-        # two's complement of the 128-bit magnitude where negative
-        n_low = ~low + np.uint64(1)
-        n_high = ~high + (n_low == 0).astype(np.uint64)
-        words[:, 0] = np.where(neg, n_low, low).view(np.int64)
-        words[:, 1] = np.where(neg, n_high, high).view(np.int64)
+        factor = _POW10[np.minimum(shift, 19)]
+        # the common case: the product fits int64 (|units| ≤ (2^63 − 1) // 10^shift)
+        small = (units <= _INT64_MAX_OVER[np.minimum(shift, 19)]) & (units >= -_INT64_MAX_OVER[np.minimum(shift, 19)])
+        product = units * factor.view(np.int64)
+        words[:, 0] = product
+        words[:, 1] = product >> 63
+        big = np.flatnonzero(~small & ~wide)
+        if len(big):  # the rest in 128-bit words
+            part = units[big]
+            neg = part < 0
+            raw = part.view(np.uint64)
+            mag = np.where(neg, ~raw + np.uint64(1), raw)  # |units|, 2^63 included
+            high, low = _mul_u64(mag, factor[big])
+            # two's complement of the 128-bit magnitude where negative
+            n_low = ~low + np.uint64(1)
+            n_high = ~high + (n_low == 0).astype(np.uint64)
+            words[big, 0] = np.where(neg, n_low, low).view(np.int64)
+            words[big, 1] = np.where(neg, n_high, high).view(np.int64)
         for i in np.flatnonzero(wide & (units != 0)):
             v = int(units[i]) * 10 ** int(shift[i])
             if abs(v) >= _DECIMAL128_LIMIT:
