@@ -242,9 +242,12 @@ class Engine:
     def _liquidate(self, wallets, max_rounds: int = 20):
         """Close every liquidatable cross wallet and isolated position in `wallets` (those
         just re-checked), re-check exactly the wallets the closes touched (ADL counterparties
-        included), and repeat while that makes new liquidations."""
+        included), and repeat while that makes new liquidations. A close whose money would
+        leave int64 is not made (MoneyOverflowError); the others still are, every touched
+        wallet is re-checked, and then the first such error is raised."""
         book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
+        failed = []
         for _ in range(max_rounds):
             closes = []  # (rows, wallet, isolated): isolated positions first within a wallet
             for w in wallets:
@@ -260,9 +263,12 @@ class Engine:
                 self._amounts_for(np.concatenate([r for r, _, _ in closes]))
             touched: set[int] = set()
             for rows, w, isolated in closes:
-                touched |= self._close(rows, w, isolated)
+                try:
+                    touched |= self._close(rows, w, isolated)
+                except MoneyOverflowError as e:  # nothing of this close was made
+                    failed.append(e)
             if not touched:
-                return
+                break
             rows = np.array(sorted(touched), dtype=np.int64)
             wallets = np.unique(pos.wallet[rows]).astype(np.int64)
             lo, hi = book.wallets.pos_start[wallets], book.wallets.pos_start[wallets + 1]
@@ -272,6 +278,8 @@ class Engine:
             self._resync(wallets)
             self._report_accounts(wallets, old_acct)
             self._report_positions(iso, old_iso)
+        if failed:
+            raise failed[0]
 
     def _close(self, rows, w, isolated: bool) -> set[int]:
         """Close `rows` (one isolated position, or a wallet's cross positions) at the mark.

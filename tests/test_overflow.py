@@ -7,7 +7,7 @@ from decimal import Decimal
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import riskcore as rc
@@ -72,6 +72,12 @@ int64s = st.integers(MIN, MAX)
 
 
 @given(int64s, int64s)
+@example(MAX, 1)
+@example(MIN, -1)
+@example(MIN, MIN)
+@example(MAX, MIN)
+@example(-1, MIN)
+@example(0, MIN)
 def test_checked_add_is_exact_or_refused(a, b):
     fits = MIN <= a + b <= MAX
     assert kernel_add_overflows(np.int64(a), np.int64(b)) == (not fits)
@@ -269,6 +275,22 @@ def test_isolated_close_refused_when_the_margin_left_would_overflow_the_wallet()
     after = _state(e)
     assert after[:4] == before[:4] and after[5] == before[5]
     assert e.events()["kind"].cast(pl.String).to_list()[after[4] - 1] == "position_liquidatable"
+
+
+def test_other_closes_of_the_tick_still_happen():
+    """Two isolated positions liquidate on one tick; account 1's wallet is at the top, so
+    only account 2's close is made, the engine's figures are re-checked, then the error."""
+    pos = [dict(account_id=a, qty=0.1, entry_price=50000.0, margin_mode="isolated", isolated_margin=Decimal(100),
+                leverage=50.0) for a in (1, 2)]
+    t = tables({1: TOP, 2: Decimal(300)}, pos, marks=pl.DataFrame({"symbol": ["AUSDT"], "mark_price": [50000.0]}))
+    e = Engine(rc.Book.from_tables(**t), liquidate=True)
+    with pytest.raises(MoneyOverflowError, match=r"rows 0; 1 in all"):
+        e.on_marks(["AUSDT"], [49490.0], ts=1)
+    assert e.book.positions.qty.tolist() == [0.1, 0.0]
+    assert units(e.book, 1) == MAX and units(e.book, 2) == (300 + 49) * 10**8
+    closes = e.events().filter(pl.col("kind") == "liquidation_close")
+    assert closes["account_id"].to_list() == [2] and closes["realized_pnl"].to_list() == [Decimal(-51)]
+    assert e.position_figures()["liquidate"].tolist() == [True, False]
 
 
 def test_fund_that_would_overflow_refuses_the_close():
