@@ -123,7 +123,7 @@ def cmd_replay(args) -> None:
         print(f"skipped {len(skipped)} bad tick(s), nothing of them applied:", file=sys.stderr)
         for line in skipped[:5]:
             print(f"  {line}", file=sys.stderr)
-    print(f"wrote events.parquet" + (", insurance_fund.parquet and book/" if args.liquidate else "")
+    print("wrote events.parquet" + (", insurance_fund.parquet and book/" if args.liquidate else "")
           + f" to {args.out}")
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 
 from .book import SIDES, Book, order_margins
-from .errors import BookError, check
-from .money import exact_amounts, to_units, units_to_decimal
+from .errors import BookError, MoneyOverflowError, check
+from .money import INT64_MAX, INT64_MIN, exact_amounts, to_units, units_to_decimal
 from .kernels import NOTIONAL, WALLET_STATE, tick_rows, tick_wallets
 from .scan import ACCOUNT_FIGURES, ScanArrays, scan_into
 from .tables import as_float64, as_frame, categorical, codes, require, str_col
@@ -243,9 +243,12 @@ class Engine:
     def _liquidate(self, wallets, max_rounds: int = 20):
         """Close every liquidatable cross wallet and isolated position in `wallets` (those
         just re-checked), re-check exactly the wallets the closes touched (ADL counterparties
-        included), and repeat while that makes new liquidations."""
+        included), and repeat while that makes new liquidations. A close whose money would
+        leave int64 is not made (MoneyOverflowError); the others still are, every touched
+        wallet is re-checked, and then the first such error is raised."""
         book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
+        failed = []
         for _ in range(max_rounds):
             closes = []  # (rows, wallet, isolated): isolated positions first within a wallet
             for w in wallets:
@@ -261,9 +264,12 @@ class Engine:
                 self._amounts_for(np.concatenate([r for r, _, _ in closes]))
             touched: set[int] = set()
             for rows, w, isolated in closes:
-                touched |= self._close(rows, w, isolated)
+                try:
+                    touched |= self._close(rows, w, isolated)
+                except MoneyOverflowError as e:  # nothing of this close was made
+                    failed.append(e)
             if not touched:
-                return
+                break
             rows = np.array(sorted(touched), dtype=np.int64)
             wallets = np.unique(pos.wallet[rows]).astype(np.int64)
             lo, hi = book.wallets.pos_start[wallets], book.wallets.pos_start[wallets + 1]
@@ -273,6 +279,8 @@ class Engine:
             self._resync(wallets)
             self._report_accounts(wallets, old_acct)
             self._report_positions(iso, old_iso)
+        if failed:
+            raise failed[0]
 
     def _close(self, rows, w, isolated: bool) -> set[int]:
         """Close `rows` (one isolated position, or a wallet's cross positions) at the mark.
@@ -292,38 +300,70 @@ class Engine:
         unit = book.symbol_unit[s_of[0]]
         upnl, notional = self._value(rows)  # from current quantities: an ADL may have cut them
         if not np.all(np.abs(upnl / unit) < 2.0**62) or not np.all(np.abs(notional / unit) < 2.0**62):
-            raise BookError("engine", "realized_pnl", "a close's PnL exceeds 64-bit fixed point money")
+            raise MoneyOverflowError("engine", "realized_pnl", "a close's PnL exceeds 64-bit fixed point money",
+                                     rows)
         realized, fee = self._amounts(rows)
-        self._cancel_orders(w, s_of[0] if isolated else None)
-        start = pos.isolated_margin[rows[0]] if isolated else book.wallets.balance[w]
-        left = start + realized.sum()
-        touched = set(rows.tolist())
-        if left >= 0 or self.fund[asset] >= -left:
-            fee_paid = min(int(fee.sum()), max(int(left), 0))
-            fund_delta = fee_paid if left >= 0 else int(left)  # a deficit is paid by the fund
-            self.fund[asset] += fund_delta
-            remaining = max(int(left), 0) - fee_paid
-            shares = _spread(fund_delta, fee if left >= 0 else np.ones(len(rows), np.int64))
+        # Every amount is worked out in exact integers and checked against int64 before
+        # anything (orders, fund, margins, balances, events) is touched.
+        start = int(pos.isolated_margin[rows[0]] if isolated else book.wallets.balance[w])
+        left = start + sum(int(r) for r in realized)
+        fund = int(self.fund[asset])
+        credits: dict = {}  # ("margin", row) or ("balance", wallet) -> exact credit from ADL
+        events = []         # (kind, wallet, row, qty, price, realized, fund), in emission order
+        adl = []            # (row c, quantity closed)
+        if left >= 0 or fund >= -left:
+            fee_paid = min(sum(int(f) for f in fee), max(left, 0))
+            fund_delta = fee_paid if left >= 0 else left  # a deficit is paid by the fund
+            fund += fund_delta
+            remaining = max(left, 0) - fee_paid
+            shares = _spread(_fits(fund_delta, rows, "insurance_fund_delta"), fee if left >= 0 else np.ones(len(rows), np.int64))
             for i, r, f in zip(rows, realized, shares):
-                self._event(LIQUIDATION_CLOSE, w, i, qty=-pos.qty[i], price=self.mark[pos.symbol[i]],
-                            realized=r, fund=f)
+                events.append((LIQUIDATION_CLOSE, w, i, -pos.qty[i], self.mark[pos.symbol[i]], int(r), int(f)))
         else:  # bankrupt and the fund cannot pay: auto-deleverage at bankruptcy prices
-            deficit = int(-left)
+            deficit = _fits(-left, rows, "realized_pnl")
             share = _spread(deficit, np.maximum(np.rint(notional / unit), 1).astype(np.int64))
             remaining = 0
             for i, r, u in zip(rows, realized, share):
+                r, u = int(r), int(u)
                 bankruptcy = self._bankruptcy_price(i, (r + u) * unit)
-                self._event(LIQUIDATION_CLOSE, w, i, qty=-pos.qty[i], price=bankruptcy, realized=r + u)
-                unmatched = self._adl(i, bankruptcy, touched)
+                events.append((LIQUIDATION_CLOSE, w, i, -pos.qty[i], bankruptcy, r + u, 0))
+                matches, unmatched = self._adl(i, bankruptcy)
+                for c, closed, gain in matches:
+                    key = ("margin", c) if pos.isolated[c] else ("balance", int(pos.wallet[c]))
+                    credits[key] = credits.get(key, 0) + gain
+                    adl.append((c, closed))
+                    events.append((ADL_CLOSE, pos.wallet[c], c, -closed, bankruptcy, gain, 0))
                 if unmatched:  # not enough opposite positions: the fund covers the rest, even below 0
                     cover = int(np.ceil(u * unmatched / abs(pos.qty[i])))
-                    self.fund[asset] -= cover
-                    self._event(FUND_SHORTFALL, w, i, qty=unmatched, price=bankruptcy, realized=-cover, fund=-cover)
+                    fund -= cover
+                    events.append((FUND_SHORTFALL, w, i, unmatched, bankruptcy, -cover, -cover))
+        new_balance = int(book.wallets.balance[w]) + remaining if isolated else remaining
+        for key, gain in credits.items():
+            base = pos.isolated_margin[key[1]] if key[0] == "margin" else book.wallets.balance[key[1]]
+            credits[key] = (_fits(int(base) + gain, [key[1]], "isolated_margin") if key[0] == "margin" else
+                            _fits(int(base) + gain, np.flatnonzero(pos.wallet == key[1]), "balance"))
+        _fits(fund, rows, "insurance_fund")
+        _fits(new_balance, rows, "balance")
+        for e in events:
+            _fits(e[5], [e[2]], "realized_pnl")
+            _fits(e[6], [e[2]], "insurance_fund_delta")
+
+        self._cancel_orders(w, s_of[0] if isolated else None)
+        self.fund[asset] = fund
+        for kind, wallet, i, qty, price, r, f in events:
+            self._event(kind, wallet, i, qty=qty, price=price, realized=r, fund=f)
+        for key, value in credits.items():
+            if key[0] == "margin":
+                pos.isolated_margin[key[1]] = value
+            else:
+                book.wallets.balance[key[1]] = value
+        touched = set(rows.tolist())
+        for c, closed in adl:
+            pos.qty[c] -= closed
+            touched.add(int(c))
         if isolated:
             pos.isolated_margin[rows[0]] = 0
-            book.wallets.balance[w] += remaining
-        else:
-            book.wallets.balance[w] = remaining
+        book.wallets.balance[w] = new_balance
         pos.qty[rows] = 0.0
         return touched
 
@@ -365,16 +405,18 @@ class Engine:
             return 1.0 / inv if inv > 0 else np.inf
         return pos.entry_price[i] + realized / qf
 
-    def _adl(self, i, price, touched) -> float:
-        """Close position i's quantity against opposite positions of its symbol, best ADL rank
-        first (BitMEX: pnl% × effective leverage when in profit, pnl% / effective leverage
-        otherwise), at `price`. Returns the quantity left unmatched."""
+    def _adl(self, i, price):
+        """Plan closing position i's quantity against opposite positions of its symbol, best
+        ADL rank first (BitMEX: pnl% × effective leverage when in profit, pnl% / effective
+        leverage otherwise), at `price`. Changes nothing: returns ([(row, quantity closed,
+        realized units as an exact int)], the quantity left unmatched); _close applies them."""
         book, a = self.book, self.out.accounts
         pos, inst = book.positions, book.instruments
         s = pos.symbol[i]
         rows = self._sym_rows[self._sym_row_start[s]:self._sym_row_start[s + 1]]
         rows = rows[(pos.qty[rows] * pos.qty[i] < 0) & (pos.wallet[rows] != pos.wallet[i])]
         need = abs(pos.qty[i])
+        matches = []
         if len(rows) and need > 0:
             upnl, notional = self._value(rows)
             pnl_pct = upnl / (np.abs(pos.qty[rows]) * pos.entry_unit[rows])
@@ -392,18 +434,11 @@ class Engine:
                 face = inst.face_value[s]
                 gain = closed * face * ((1.0 / pos.entry_price[c] - 1.0 / price) if inst.inverse[s]
                                         else (price - pos.entry_price[c]))
-                r = int(np.floor(gain / book.symbol_unit[s]))
-                if pos.isolated[c]:
-                    pos.isolated_margin[c] += r
-                else:
-                    book.wallets.balance[pos.wallet[c]] += r
-                pos.qty[c] -= closed
-                touched.add(int(c))
-                self._event(ADL_CLOSE, pos.wallet[c], c, qty=-closed, price=price, realized=r)
+                matches.append((int(c), closed, int(np.floor(gain / book.symbol_unit[s]))))
                 need -= take
                 if need <= 0:
                     break
-        return need
+        return matches, need
 
     def _cancel_orders(self, w, symbol):
         """Resting orders are cancelled before a forced close (the wallet's, or the symbol's)."""
@@ -448,10 +483,10 @@ class Engine:
         r = np.where(has_row, row, 0)
         asset = book.wallets.asset[wal] if len(ev) else np.zeros(0, np.int32)
         scale = int(book.asset_scale.max()) if len(book.asset_scale) else 8
-        shift = 10 ** (scale - book.asset_scale[asset]) if len(ev) else np.zeros(0, np.int64)
 
         def money(key):
-            return pl.from_arrow(units_to_decimal(np.array([e[key] for e in ev], dtype=np.int64) * shift, scale))
+            return pl.from_arrow(units_to_decimal(np.array([e[key] for e in ev], dtype=np.int64), scale,
+                                                  book.asset_scale[asset]))
 
         symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
         sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
@@ -478,7 +513,7 @@ class Engine:
     def insurance_fund(self) -> pl.DataFrame:
         scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
         return pl.DataFrame({"asset": self.book.assets,
-                             "balance": pl.from_arrow(units_to_decimal(self.fund * 10 ** (scale - self.book.asset_scale), scale))})
+                             "balance": pl.from_arrow(units_to_decimal(self.fund, scale, self.book.asset_scale))})
 
 
 def load_ticks(table, book: Book, name: str = "ticks"):
@@ -523,8 +558,25 @@ def _plain(ts):
     return ts.item() if isinstance(ts, np.generic) else ts
 
 
+def _fits(units: int, rows, what: str) -> int:
+    """`units` (an exact int) if it is int64 money; else MoneyOverflowError naming `what`
+    and the book's position rows involved."""
+    if not INT64_MIN <= units <= INT64_MAX:
+        raise MoneyOverflowError("engine", what,
+                                 "a forced close would take money beyond 64-bit fixed point "
+                                 "(±(2^63 − 1) units); the close was not made", rows)
+    return units
+
+
 def _spread(total: int, weights: np.ndarray) -> np.ndarray:
     """Split an integer amount over rows in proportion to weights, exactly (remainder to the largest)."""
+    if abs(total) >= 2**52 and len(weights) and np.sum(np.asarray(weights, dtype=np.float64)) > 0:
+        # float shares could round past the total (or int64): exact integer shares instead
+        w = [int(x) for x in np.asarray(weights, dtype=np.int64)]
+        whole = sum(w)
+        out = [total * x // whole for x in w]
+        out[int(np.argmax(w))] += total - sum(out)
+        return np.array(out, dtype=np.int64)
     weights = np.asarray(weights, dtype=np.float64)
     if total == 0 or weights.sum() <= 0:
         out = np.zeros(len(weights), np.int64)

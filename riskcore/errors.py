@@ -20,6 +20,11 @@ class BookError(ValueError):
         super().__init__(msg)
 
 
+class MoneyOverflowError(BookError):
+    """Money would leave the int64 fixed-point range (±(2^63 − 1) units): the operation is
+    refused, never wrapped. Names the table (or file), column and rows like any BookError."""
+
+
 def check(ok: np.ndarray, table: str, column: str | None, problem: str) -> None:
     """Raise BookError naming every row where `ok` is False."""
     bad = np.flatnonzero(~np.asarray(ok, dtype=bool))

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from .errors import BookError
+from .errors import BookError, MoneyOverflowError
 
 _INT64_MAX = 2**63 - 1
 
@@ -103,12 +103,117 @@ def to_units(col: pl.Series, scale: np.ndarray, table: str) -> np.ndarray:
     return units
 
 
-def units_to_decimal(units: np.ndarray, scale: int) -> pa.Array:
-    """An exact Arrow decimal128(38, scale) column from int64 units, without a per-row loop."""
+INT64_MIN = -(2**63)
+INT64_MAX = _INT64_MAX
+_MASK32 = np.uint64(0xFFFFFFFF)
+_DECIMAL128_LIMIT = 10**38
+_POW10 = np.array([10**k for k in range(20)], dtype=np.uint64)
+_INT64_MAX_OVER = np.array([_INT64_MAX // 10**k for k in range(20)], dtype=np.int64)
+
+
+def add_overflows(a, b) -> np.ndarray:
+    """Where int64 a + b falls outside int64 (numpy's sum would wrap), vectorised and exact:
+    the wrapped sum's sign differs from both operands' exactly when the true sum overflows."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        wrapped = a + b
+    return ((a ^ wrapped) & (b ^ wrapped)) < 0
+
+
+def checked_add(a, b, table: str, column: str | None, problem: str, rows=None) -> np.ndarray:
+    """a + b in int64, or MoneyOverflowError naming `rows` (indices into a, b by default)
+    where the exact sum falls outside int64. Nothing is modified."""
+    bad = add_overflows(a, b)
+    if np.any(bad):
+        where = np.flatnonzero(np.broadcast_to(bad, np.broadcast(a, b).shape))
+        raise MoneyOverflowError(table, column, problem, where if rows is None else np.asarray(rows)[where])
+    return np.asarray(a, dtype=np.int64) + np.asarray(b, dtype=np.int64)
+
+
+def split_sum(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sums of int64 runs (np.add.reduceat's runs) as (high, low) int64 parts, the sum
+    being high·2^32 + low: each value splits into a signed high half and a 32-bit low half,
+    whose run sums cannot wrap below 2^31 rows per run."""
+    values = np.asarray(values, dtype=np.int64)
+    hi = np.add.reduceat(values >> 32, starts) if len(values) else np.zeros(0, np.int64)
+    lo = np.add.reduceat(values & 0xFFFFFFFF, starts) if len(values) else np.zeros(0, np.int64)
+    return hi, lo
+
+
+def exact_total(values: np.ndarray) -> int:
+    """Σ values exactly, as a Python int (np.sum of int64 wraps)."""
+    hi, lo = split_sum(values, np.zeros(1, np.int64)) if len(values) else (np.zeros(1, np.int64),) * 2
+    return (int(hi[0]) << 32) + int(lo[0])
+
+
+def add_split(base: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """base + hi·2^32 + lo exactly, per row: (int64 result, fits). Rows far from the limit in
+    int64 arithmetic; the few near it (or beyond) in Python integers."""
+    base, hi, lo = (np.asarray(x, dtype=np.int64) for x in (base, hi, lo))
+    estimate = np.abs(base.astype(np.float64)) + np.abs(hi.astype(np.float64)) * 2.0**32 + np.abs(lo.astype(np.float64))
+    easy = estimate < 2.0**61
+    out = np.zeros(len(base), dtype=np.int64)
+    out[easy] = base[easy] + (hi[easy] << 32) + lo[easy]
+    fits = easy.copy()
+    for i in np.flatnonzero(~easy):
+        total = int(base[i]) + (int(hi[i]) << 32) + int(lo[i])
+        if INT64_MIN <= total <= INT64_MAX:
+            out[i] = total
+            fits[i] = True
+    return out, fits
+
+
+def _mul_u64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full 128-bit products of uint64 arrays as (high, low) uint64 words (32-bit limbs)."""
+    a_lo, a_hi, b_lo, b_hi = a & _MASK32, a >> np.uint64(32), b & _MASK32, b >> np.uint64(32)
+    ll, hl, lh, hh = a_lo * b_lo, a_hi * b_lo, a_lo * b_hi, a_hi * b_hi
+    cross = (ll >> np.uint64(32)) + (hl & _MASK32) + (lh & _MASK32)
+    low = (cross << np.uint64(32)) | (ll & _MASK32)
+    high = hh + (hl >> np.uint64(32)) + (lh >> np.uint64(32)) + (cross >> np.uint64(32))
+    return high, low
+
+
+def units_to_decimal(units: np.ndarray, scale: int, from_scale=None) -> pa.Array:
+    """An exact Arrow decimal128(38, scale) column from int64 units, without a per-row loop.
+
+    `from_scale` (an int or one per row, <= scale) is the scale the units are in: they are
+    multiplied by 10^(scale - from_scale) in 128-bit words, exact for every int64 amount at
+    every shift up to 19 places (a wider shift, rare, is checked against the 38 digits)."""
     units = np.ascontiguousarray(units, dtype=np.int64)
-    words = np.empty((len(units), 2), dtype=np.int64)  # little-endian int128: low word, sign word
-    words[:, 0] = units
-    words[:, 1] = units >> 63
+    words = np.empty((len(units), 2), dtype=np.int64)  # little-endian int128: low word, high word
+    if from_scale is None:
+        words[:, 0] = units
+        words[:, 1] = units >> 63
+    else:
+        shift = np.broadcast_to(scale - np.asarray(from_scale, dtype=np.int64), units.shape)
+        if np.any(shift < 0):
+            raise ValueError("units_to_decimal: from_scale above the column's scale")
+        wide = shift > 19
+        factor = _POW10[np.minimum(shift, 19)]
+        # the common case: the product fits int64 (|units| ≤ (2^63 − 1) // 10^shift)
+        small = (units <= _INT64_MAX_OVER[np.minimum(shift, 19)]) & (units >= -_INT64_MAX_OVER[np.minimum(shift, 19)])
+        product = units * factor.view(np.int64)
+        words[:, 0] = product
+        words[:, 1] = product >> 63
+        big = np.flatnonzero(~small & ~wide)
+        if len(big):  # the rest in 128-bit words
+            part = units[big]
+            neg = part < 0
+            raw = part.view(np.uint64)
+            mag = np.where(neg, ~raw + np.uint64(1), raw)  # |units|, 2^63 included
+            high, low = _mul_u64(mag, factor[big])
+            # two's complement of the 128-bit magnitude where negative
+            n_low = ~low + np.uint64(1)
+            n_high = ~high + (n_low == 0).astype(np.uint64)
+            words[big, 0] = np.where(neg, n_low, low).view(np.int64)
+            words[big, 1] = np.where(neg, n_high, high).view(np.int64)
+        for i in np.flatnonzero(wide & (units != 0)):
+            v = int(units[i]) * 10 ** int(shift[i])
+            if abs(v) >= _DECIMAL128_LIMIT:
+                raise MoneyOverflowError("money", None, f"an amount needs more than 38 digits at scale {scale}", [i])
+            words[i, 0] = np.uint64(v & (2**64 - 1)).view(np.int64)
+            words[i, 1] = np.uint64((v >> 64) & (2**64 - 1)).view(np.int64)
     return pa.Array.from_buffers(pa.decimal128(38, scale), len(units), [None, pa.py_buffer(words)])
 
 

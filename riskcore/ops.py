@@ -13,7 +13,7 @@ import polars as pl
 from numba import njit, prange
 
 from .book import SIDES, Book, wallet_of
-from .config import JIT_PARALLEL
+from .config import JIT, JIT_PARALLEL
 from .errors import BookError
 from .kernels import UPNL, WALLET_STATE, tier_of
 from .money import to_units, units_to_decimal
@@ -25,10 +25,23 @@ ADD, REMOVE, LEVERAGE, MODE, TRANSFER_IN, TRANSFER_OUT = range(len(OPS))
 REASONS = ("", "unknown_op", "unknown_account", "unknown_symbol", "unknown_position", "bad_value",
            "not_isolated", "flat_position", "insufficient_available", "insufficient_margin",
            "would_liquidate", "leverage_above_tier_max", "open_position", "open_orders",
-           "insufficient_transferable")
+           "insufficient_transferable", "would_overflow")
 (OK, UNKNOWN_OP, UNKNOWN_ACCOUNT, UNKNOWN_SYMBOL, UNKNOWN_POSITION, BAD_VALUE, NOT_ISOLATED, FLAT,
  SHORT_AVAILABLE, SHORT_MARGIN, WOULD_LIQUIDATE, ABOVE_TIER_MAX, OPEN_POSITION, OPEN_ORDERS,
- SHORT_TRANSFERABLE) = range(len(REASONS))
+ SHORT_TRANSFERABLE, WOULD_OVERFLOW) = range(len(REASONS))
+INT64_MIN, INT64_MAX = np.int64(-(2**63)), np.int64(2**63 - 1)
+
+
+@njit(**JIT)
+def add_overflows(a, b):
+    """Whether int64 a + b leaves int64 (numba's sum would wrap); tested before adding."""
+    return (b > 0 and a > INT64_MAX - b) or (b < 0 and a < INT64_MIN - b)
+
+
+@njit(**JIT)
+def sub_overflows(a, b):
+    """Whether int64 a - b leaves int64."""
+    return (b < 0 and a > INT64_MAX + b) or (b > 0 and a < INT64_MIN + b)
 
 
 @njit(**JIT_PARALLEL)
@@ -57,11 +70,16 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
             amount = 0
             code = 0
             if k == TRANSFER_IN:
-                amount = units[r]
-                balance[w] += amount
+                if add_overflows(balance[w], units[r]):
+                    code = WOULD_OVERFLOW
+                else:
+                    amount = units[r]
+                    balance[w] += amount
             elif k == TRANSFER_OUT:
                 if units[r] * unit > transferable:
                     code = SHORT_TRANSFERABLE
+                elif sub_overflows(balance[w], units[r]):
+                    code = WOULD_OVERFLOW
                 else:
                     amount = units[r]
                     balance[w] -= amount
@@ -72,6 +90,8 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                     code = FLAT
                 elif units[r] * unit > available:
                     code = SHORT_AVAILABLE
+                elif sub_overflows(balance[w], units[r]) or add_overflows(isolated_margin[p], units[r]):
+                    code = WOULD_OVERFLOW
                 else:
                     amount = units[r]
                     balance[w] -= amount
@@ -84,6 +104,8 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                 elif qty[p] != 0.0 and not (
                         (isolated_margin[p] - units[r]) * symbol_unit[symbol[p]] + upnl[p] - fee[p] > mm[p]):
                     code = WOULD_LIQUIDATE
+                elif add_overflows(balance[w], units[r]) or sub_overflows(isolated_margin[p], units[r]):
+                    code = WOULD_OVERFLOW
                 else:
                     amount = units[r]
                     balance[w] += amount
@@ -103,9 +125,13 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                         # lowering leverage: top the margin up to N/L from the cross wallet (seed 004)
                         have = isolated_margin[p] * symbol_unit[s] + upnl[p]
                         if lev < leverage[p] and have < new_im:
-                            need = np.int64(np.ceil((new_im - have) / unit))
-                            if need * unit > available:
+                            need_units = np.ceil((new_im - have) / unit)
+                            need = np.int64(need_units) if need_units < 2.0**63 else INT64_MAX
+                            if need_units * unit > available:
                                 code = SHORT_AVAILABLE
+                            elif (need_units >= 2.0**63 or sub_overflows(balance[w], need)
+                                  or add_overflows(isolated_margin[p], need)):
+                                code = WOULD_OVERFLOW
                             else:
                                 amount = need
                                 balance[w] -= need
@@ -125,10 +151,20 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                         code = OPEN_POSITION
                 if code == 0 and has_orders[r]:
                     code = OPEN_ORDERS
+                if code == 0 and not target_isolated[r]:  # a flat row's leftover margin goes home
+                    back = balance[w]
+                    for i in range(p, row_end[r]):
+                        if isolated[i]:
+                            if add_overflows(back, isolated_margin[i]) or add_overflows(amount, isolated_margin[i]):
+                                code = WOULD_OVERFLOW
+                                break
+                            back += isolated_margin[i]
+                            amount += isolated_margin[i]
+                    if code != 0:
+                        amount = 0
                 if code == 0:
                     for i in range(p, row_end[r]):
                         if isolated[i] and not target_isolated[r]:
-                            amount += isolated_margin[i]  # a flat row's leftover margin goes home
                             balance[w] += isolated_margin[i]
                             isolated_margin[i] = 0
                         isolated[i] = target_isolated[r]
@@ -263,7 +299,7 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
         "request_id": request_id, "accepted": accepted,
         "reason": pl.Series(np.array(REASONS, dtype=object)[reason].tolist(), dtype=pl.String).replace("", None),
         "asset": asset_names[np.where(asset < 0, -1, asset)].tolist(),
-        "amount": pl.from_arrow(units_to_decimal(moved * 10 ** (top - scale), top)),
+        "amount": pl.from_arrow(units_to_decimal(moved, top, scale)),
     }, schema_overrides={"asset": pl.String})
     return new, outcomes
 

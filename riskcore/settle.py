@@ -20,12 +20,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions, load_settlements, no_settlements
-from .errors import BookError
-from .tables import _first_line, arrow_to_frame, categorical
+from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions, load_settlements, no_settlements, \
+    wallet_of
+from .config import DEFAULT_ASSET
+from .errors import BookError, MoneyOverflowError
+from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, str_col
 from .io import money_column, positions_table, read_table, table_path
 from .output import output_dir
-from .money import decimal_places, exact_amounts
+from .money import add_overflows, add_split, decimal_places, exact_amounts, exact_total, split_sum
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -121,7 +123,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     if orders_path is not None:  # the rules of load_book; the one against positions once all parts are read
         orders = read_table(orders_path)
         _load_orders(orders, head.instruments, head.wallets, head.positions, str(orders_path))
-    delta = np.zeros(len(head.wallets), dtype=np.int64)
+    delta = np.zeros((2, len(head.wallets)), dtype=np.int64)  # per wallet, exactly delta[0]·2^32 + delta[1]
     n_assets = len(head.assets)
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
     keys, groups = [], []
@@ -148,7 +150,11 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                     raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
                 _check_prices(head, pos, mark, rate, steps, str(marks), rate_source)
                 amounts = position_amounts(head, pos.qty, pos.entry_price, pos.symbol, mark, rate, steps)
-                ledger = _apply(head, pos, amounts, mark, delta, sums, steps)
+                try:
+                    ledger = _apply(head, pos, amounts, mark, delta, sums, steps)
+                except MoneyOverflowError as e:  # rows of the file, not of the sorted batch
+                    raise MoneyOverflowError(str(f), e.column, e.problem,
+                                             offset + _position_file_rows(df, head, pos, e.rows, str(f))) from None
                 n_sym = len(head.instruments)
                 group = pos.wallet.astype(np.int64) * n_sym + pos.symbol
                 keys.append(group * len(SIDES) + pos.side)
@@ -173,9 +179,12 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         ledger_file.write_table(_house_rows(head, sums, steps, settlement_id).select(ledger_schema.names)
                                 .to_arrow().cast(ledger_schema))
         ledger_file.close()
-        balance = head.wallets.balance + delta
-        if np.any(np.abs(head.wallets.balance.astype(np.float64) + delta) >= 2.0**63):
-            raise BookError(tables["accounts"][1], "balance", "a balance exceeds 64-bit fixed point money")
+        balance, fits = add_split(head.wallets.balance, delta[0], delta[1])
+        if not fits.all():
+            raise MoneyOverflowError(tables["accounts"][1], "balance",
+                                     "the settlement would take a balance beyond 64-bit fixed point money "
+                                     "(±(2^63 − 1) units); nothing was written",
+                                     _wallet_file_rows(tables["accounts"][0], head, np.flatnonzero(~fits)))
         accounts = pl.DataFrame({"account_id": head.wallets.account_id,
                                  "asset": np.array(head.assets, dtype=object)[head.wallets.asset].tolist(),
                                  "balance": money_column(head, balance, head.wallets.asset)})
@@ -223,8 +232,10 @@ def _batches(path: Path, part_rows: int):
 
 
 def _decimal(units: int, scale: int):
-    from decimal import Decimal
-    return Decimal(units).scaleb(-int(scale))
+    from decimal import Decimal, localcontext
+    with localcontext() as ctx:
+        ctx.prec = 80  # exact for any sum of int64 amounts
+        return Decimal(units).scaleb(-int(scale))
 
 
 def _check_prices(book, pos, mark, rate, steps, marks_name, rate_name):
@@ -245,18 +256,35 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
     """Credit amounts to isolated margins (in place) or wallet deltas; entry ← P; ledger rows."""
     wallet_of = pos.wallet.astype(np.int64)
     asset = book.instruments.settle_asset[pos.symbol]
+    iso = pos.isolated
+    # every step's credit to an isolated margin, checked before any is made (each amount is
+    # below 2^62 in size, so the steps' sum is itself checked, then margin + sum)
+    credit = np.zeros(len(pos), dtype=np.int64)
+    bad = np.zeros(len(pos), dtype=bool)
+    for kind in steps:
+        units = np.where(iso, amounts[kind], 0)
+        bad |= add_overflows(credit, units)
+        credit = np.where(bad, credit, credit + units)  # a wrapped sum is never kept
+    bad |= add_overflows(pos.isolated_margin, credit)
+    if bad.any():
+        raise MoneyOverflowError("positions", "isolated_margin",
+                                 "the settlement would take an isolated margin beyond 64-bit fixed point money "
+                                 "(±(2^63 − 1) units); nothing was written", np.flatnonzero(bad))
     rows = []
     for kind in steps:
         units = amounts[kind]
-        iso = pos.isolated
-        pos.isolated_margin[iso] += units[iso]
         cross = np.flatnonzero(~iso & (units != 0))
-        if len(cross):  # positions come sorted by wallet: exact int64 sums per run
+        if len(cross):  # positions come sorted by wallet: exact sums per run, in two halves
             w = wallet_of[cross]
             starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
-            delta[w[starts]] += np.add.reduceat(units[cross], starts)
+            hi, lo = split_sum(units[cross], starts)
+            ws = w[starts]
+            delta[0, ws] += hi
+            delta[1, ws] += lo
+            delta[0, ws] += delta[1, ws] >> 32  # carry, so the low half stays below 2^32
+            delta[1, ws] &= 0xFFFFFFFF
         for a in np.flatnonzero(np.bincount(asset, minlength=len(book.assets))):
-            sums[kind][a] += int(units[asset == a].sum(dtype=np.int64))
+            sums[kind][a] += exact_total(units[asset == a])
         nz = np.flatnonzero(units != 0)
         rows.append(pl.DataFrame({
             "account_id": book.wallets.account_id[pos.wallet[nz]],
@@ -265,20 +293,43 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
             "position_side": categorical(pos.side[nz], SIDES).cast(pl.String),
             "kind": pl.repeat(kind, len(nz), eager=True, dtype=pl.String),
             "amount": money_column(book, units[nz], asset[nz])}))
+    pos.isolated_margin[iso] += credit[iso]
     if "realize" in steps:
         pos.entry_price = np.where(pos.qty != 0, mark[pos.symbol], pos.entry_price)
     return pl.concat(rows)
 
 
+def _position_file_rows(df, book, pos, rows, t) -> np.ndarray:
+    """Rows of the file batch `df` that became `pos` rows `rows` (positions are loaded sorted
+    by wallet, symbol and side; the same unique key finds them again). Error path only."""
+    sym = codes(str_col(df, t, "symbol"), book.instruments.symbol, t, "unknown symbol")
+    side = codes(str_col(df, t, "position_side", "both"), list(SIDES), t, "bad position_side")
+    w = wallet_of(int_col(df, t, "account_id"), book.instruments.settle_asset[sym], book.wallets)
+    key = (w * len(book.instruments) + sym) * len(SIDES) + side
+    want = (pos.wallet[rows].astype(np.int64) * len(book.instruments) + pos.symbol[rows]) * len(SIDES) + pos.side[rows]
+    return np.sort(np.flatnonzero(np.isin(key, want)))
+
+
+def _wallet_file_rows(accounts: pl.DataFrame, book, wallets) -> np.ndarray:
+    """Rows of the accounts file holding wallet ids `wallets` (wallets are its rows sorted by
+    account and asset, as Book.from_tables sorts them). Error path only."""
+    asset = codes(str_col(accounts, "accounts", "asset", DEFAULT_ASSET), book.assets, "accounts", "unknown asset")
+    order = np.lexsort((asset, int_col(accounts, "accounts", "account_id")))
+    return np.sort(order[wallets])
+
+
 def _house_rows(book, sums, steps, settlement_id) -> pl.DataFrame:
     asset_ids = [a for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
     kinds = [k for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
-    units = np.array([-int(sums[k][a]) for k, a in zip(kinds, asset_ids)], dtype=np.int64)
+    units = [-int(sums[k][a]) for k, a in zip(kinds, asset_ids)]  # exact: may exceed int64 (many accounts)
+    top = int(book.asset_scale.max()) if len(book.asset_scale) else 8
+    amount = pl.from_arrow(pa.array([_decimal(u, book.asset_scale[a]) for u, a in zip(units, asset_ids)],
+                                    type=pa.decimal128(38, top)))
     return pl.DataFrame({
         "settlement_id": [settlement_id] * len(units), "account_id": [HOUSE_ACCOUNT_ID] * len(units),
         "asset": [book.assets[a] for a in asset_ids], "symbol": [None] * len(units),
         "position_side": [None] * len(units), "kind": kinds,
-        "amount": money_column(book, units, np.array(asset_ids, dtype=np.int64))},
+        "amount": amount},
         schema_overrides={"symbol": pl.String, "position_side": pl.String, "asset": pl.String, "kind": pl.String})
 
 
