@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from .config import DEFAULT_ASSET, DEFAULT_MONEY_SCALE
-from .errors import BookError, check
-from .money import to_units
+from .errors import BookError, MoneyOverflowError, check
+from .money import add_split, split_sum, to_units
 from .tables import as_frame, codes, float_col, group_violations, int_col, require, str_col
 
 SIDES = ("both", "long", "short")
@@ -209,6 +209,30 @@ class Book:
         if len(missing):
             shown = ", ".join(self.instruments.symbol[s] for s in missing[:5])
             raise BookError(table, "mark_price", f"no mark for {len(missing)} held symbol(s): {shown}")
+
+    # -- the one way money and orders change --------------------------------------------
+    def apply_moves(self, balance=None, isolated_margin=None) -> None:
+        """Add money to the book, all or nothing. `balance` is (wallet ids, units) and
+        `isolated_margin` (position rows, units); a target named twice gets the exact sum.
+        Every new amount is checked to fit 64-bit units before anything changes
+        (MoneyOverflowError naming the wallets or rows)."""
+        updates = [_summed_move(self.wallets.balance, balance, "accounts", "balance", "wallets"),
+                   _summed_move(self.positions.isolated_margin, isolated_margin, "positions", "isolated_margin",
+                                "positions")]
+        for target, (ids, values) in zip((self.wallets.balance, self.positions.isolated_margin), updates):
+            target[ids] = values
+
+    def cancel_orders(self, rows) -> None:
+        """Remove resting orders (indices or a mask) and re-derive their wallets' order margin."""
+        gone = np.zeros(len(self.orders), dtype=bool)
+        gone[rows] = True
+        if not gone.any():
+            return
+        touched = np.unique(self.orders.wallet[gone])
+        self.orders = self.orders.take(~gone)
+        self.wallets.order_margin[touched] = 0.0
+        left = np.isin(self.orders.wallet, touched)
+        np.add.at(self.wallets.order_margin, self.orders.wallet[left], order_margins(self.orders, self.instruments, left))
 
     def __post_init__(self):
         # value of one money unit of each wallet's balance / each symbol's settle asset
@@ -405,6 +429,23 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
     check(~mixed, t, "margin_mode", "one account has both cross and isolated orders in a symbol")
     order = np.lexsort((sym, wallet))
     return Orders(wallet[order], sym[order], qty[order], price[order], lev[order], isolated[order])
+
+
+def _summed_move(current: np.ndarray, move, table: str, column: str, what: str):
+    """(ids, new values) of `current` after adding a (ids, units) move, exactly; refuses a sum
+    outside 64 bits naming the ids."""
+    if move is None or not len(move[0]):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ids, units = np.asarray(move[0], dtype=np.int64), np.asarray(move[1], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    hi, lo = split_sum(units[order], starts)
+    values, fits = add_split(current[ids[starts]], hi, lo)
+    if not fits.all():
+        raise MoneyOverflowError(table, column, f"the move would take these {what} beyond 64-bit fixed point "
+                                                f"money; nothing was changed", ids[starts][~fits])
+    return ids[starts], values
 
 
 def order_margins(orders: Orders, inst: Instruments, rows=slice(None)) -> np.ndarray:
