@@ -10,7 +10,8 @@ import pytest
 
 from riskcore.cli import main
 from riskcore import load_book
-from test_validation import good, with_value
+
+from books import good, with_value
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import riskcore as rc
 from riskcore.engine import Engine, TickError
 from riskcore.io import book_tables
 from riskcore.scan import ScanArrays, scan_into
-from strategies import books
+
+from books import books, representable
 
 CLOSES = ("liquidation_close", "adl_close", "insurance_fund_shortfall")
 
@@ -38,14 +39,6 @@ def assert_equals_full_scan(engine):
     margin = np.abs(a["equity"] - a["cross_fee"] - a["cross_mm"])
     clear = margin > 1e-9 * gross  # flags agree wherever the boundary is not within rounding
     np.testing.assert_array_equal(engine.out.accounts["liquidate"][clear], a["liquidate"][clear])
-
-
-def representable(tables) -> bool:
-    """Every position's value stays inside 64-bit fixed-point money after a 4x move."""
-    t = tables["positions"].join(tables["instruments"], on="symbol").join(tables["marks"], on="symbol")
-    linear = (t["qty"].abs() * t["face_value"] * (t["mark_price"] + t["entry_price"])).max() or 0
-    inverse = (t["qty"].abs() * t["face_value"] * (1 / t["mark_price"] + 1 / t["entry_price"])).max() or 0
-    return 8 * max(linear, inverse) < 5e10
 
 
 @st.composite

@@ -6,7 +6,8 @@ import polars as pl
 from hypothesis import given
 
 import riskcore as rc
-from strategies import books
+
+from books import books
 
 REL = 1e-9
 

@@ -13,8 +13,8 @@ from reference_ops import reference_apply
 from riskcore.cli import main
 from riskcore.io import book_tables
 from riskcore.ops import apply_requests
-from strategies import books
-from test_validation import good
+
+from books import books, good
 
 OPS = ["add_margin", "remove_margin", "set_leverage", "set_margin_mode", "transfer_in", "transfer_out"]
 REQUEST_SCHEMA = dict(request_id=pl.Int64, account_id=pl.Int64, symbol=pl.String, position_side=pl.String,

@@ -9,7 +9,8 @@ from hypothesis import given
 
 import riskcore as rc
 from reference import reference_scan
-from strategies import books
+
+from books import books
 
 REL = Decimal("1e-9")
 

@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 import riskcore as rc
 from riskcore.io import write_tables
 from riskcore.settle import HOUSE_ACCOUNT_ID, settle
-from strategies import books
-from test_engine import representable
-from test_validation import good
+
+from books import books, good, representable
 
 
 def exact(x):

@@ -8,34 +8,7 @@ import pytest
 import riskcore as rc
 from riskcore import BookError
 
-
-def good():
-    return dict(
-        instruments=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"],
-                                  "contract_type": ["linear", "inverse", "linear"],
-                                  "settle_asset": ["USDT", "BTC", None], "face_value": [1.0, 100.0, 1.0],
-                                  "taker_fee_rate": [0.0004, 0.0005, 0.0004]}),
-        risk_tiers=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSDT", "BTCUSD", "ETHUSDT"],
-                                 "notional_floor": [0.0, 5e4, 0.0, 0.0], "mmr": [0.004, 0.005, 0.01, 0.005],
-                                 "max_leverage": [125.0, 100.0, 50.0, 100.0]}),
-        accounts=pl.DataFrame({"account_id": [1, 1, 2], "asset": ["USDT", "BTC", "USDT"],
-                               "balance": [1000.0, 0.5, 50.0]}),
-        positions=pl.DataFrame({"account_id": [1, 1, 2, 2], "symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT", "ETHUSDT"],
-                                "position_side": ["both", "both", "long", "short"],
-                                "qty": [0.1, -5.0, 1.0, -2.0], "entry_price": [60000.0, 61000.0, 3000.0, 3100.0],
-                                "margin_mode": ["cross", "isolated", "cross", "cross"],
-                                "leverage": [10.0, 20.0, 5.0, 5.0], "isolated_margin": [0.0, 0.01, 0.0, 0.0]}),
-        orders=pl.DataFrame({"account_id": [1], "symbol": ["BTCUSDT"], "qty": [0.05], "price": [59000.0],
-                             "leverage": [10.0], "margin_mode": ["cross"]}),
-        marks=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"], "mark_price": [60500.0, 60500.0, 3050.0]}),
-    )
-
-
-def with_value(tables, table, column, row, value):
-    df = tables[table]
-    tables[table] = df.with_columns(
-        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
-    return tables
+from books import good, with_value
 
 
 def expect(tables, table, column, rows, words):

@@ -1,7 +1,56 @@
-"""Hypothesis strategies: random books with every feature of docs/model.md §2 and its edge cases."""
+"""Books for the tests: the one helper module test files share (besides the naive/ references).
+
+- good(): a small valid hand-written book (docs/model.md §2) as polars tables
+- with_value(): that book with one cell changed, for the book-rule tests
+- representable(): whether a book's money stays inside 64-bit units after a 4x move
+- books(), tier_tables(): Hypothesis strategies, random books with every feature of
+  docs/model.md §2 and its edge cases
+"""
 
 import polars as pl
 from hypothesis import strategies as st
+
+def good():
+    """Three instruments (linear, inverse, a null settle_asset), tiers, two accounts with a coin
+    wallet, four positions (cross, isolated, hedge legs), one order, marks."""
+    return dict(
+        instruments=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"],
+                                  "contract_type": ["linear", "inverse", "linear"],
+                                  "settle_asset": ["USDT", "BTC", None], "face_value": [1.0, 100.0, 1.0],
+                                  "taker_fee_rate": [0.0004, 0.0005, 0.0004]}),
+        risk_tiers=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSDT", "BTCUSD", "ETHUSDT"],
+                                 "notional_floor": [0.0, 5e4, 0.0, 0.0], "mmr": [0.004, 0.005, 0.01, 0.005],
+                                 "max_leverage": [125.0, 100.0, 50.0, 100.0]}),
+        accounts=pl.DataFrame({"account_id": [1, 1, 2], "asset": ["USDT", "BTC", "USDT"],
+                               "balance": [1000.0, 0.5, 50.0]}),
+        positions=pl.DataFrame({"account_id": [1, 1, 2, 2], "symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT", "ETHUSDT"],
+                                "position_side": ["both", "both", "long", "short"],
+                                "qty": [0.1, -5.0, 1.0, -2.0], "entry_price": [60000.0, 61000.0, 3000.0, 3100.0],
+                                "margin_mode": ["cross", "isolated", "cross", "cross"],
+                                "leverage": [10.0, 20.0, 5.0, 5.0], "isolated_margin": [0.0, 0.01, 0.0, 0.0]}),
+        orders=pl.DataFrame({"account_id": [1], "symbol": ["BTCUSDT"], "qty": [0.05], "price": [59000.0],
+                             "leverage": [10.0], "margin_mode": ["cross"]}),
+        marks=pl.DataFrame({"symbol": ["BTCUSDT", "BTCUSD", "ETHUSDT"], "mark_price": [60500.0, 60500.0, 3050.0]}),
+    )
+
+
+def with_value(tables, table, column, row, value):
+    """tables with tables[table][column][row] set to value (changed in place and returned)."""
+    df = tables[table]
+    tables[table] = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+    return tables
+
+
+def representable(tables) -> bool:
+    """Every position's value stays inside 64-bit fixed-point money after a 4x move."""
+    t = tables["positions"].join(tables["instruments"], on="symbol").join(tables["marks"], on="symbol")
+    linear = (t["qty"].abs() * t["face_value"] * (t["mark_price"] + t["entry_price"])).max() or 0
+    inverse = (t["qty"].abs() * t["face_value"] * (1 / t["mark_price"] + 1 / t["entry_price"])).max() or 0
+    return 8 * max(linear, inverse) < 5e10
+
+
+# -- Hypothesis strategies -----------------------------------------------------------------
 
 PRICES = st.sampled_from([0.00012345, 0.0586, 1.0, 2.5, 31.7, 1456.84, 31967.27, 60000.0])
 FACES = st.sampled_from([1.0, 0.001, 10.0, 100.0])
