@@ -247,7 +247,8 @@ def reference_liquidation(tables, fund_units):
     import math
     from fractions import Fraction
 
-    from reference import money, reference_scan
+    from naive.money import money
+    from naive.scan import reference_scan
 
     def exact(x):
         return Fraction(Decimal(repr(float(x))))

@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import riskcore as rc
-from reference_ops import reference_apply
 from riskcore.cli import main
 from riskcore.io import book_tables
 from riskcore.ops import apply_requests
 
 from books import books, good
+from naive.ops import reference_apply
 
 OPS = ["add_margin", "remove_margin", "set_leverage", "set_margin_mode", "transfer_in", "transfer_out"]
 REQUEST_SCHEMA = dict(request_id=pl.Int64, account_id=pl.Int64, symbol=pl.String, position_side=pl.String,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 
 import riskcore as rc
-from reference import reference_scan
 
 from books import books
+from naive.scan import reference_scan
 
 REL = Decimal("1e-9")
 

@@ -1,9 +1,10 @@
-"""Plain reference for margin operations (docs/model.md §7): requests applied one at a time, every
-figure recomputed from scratch by the scan reference, money in Decimal."""
+"""Reference for margin operations (riskcore.ops, docs/model.md §7): requests applied one
+at a time, every figure recomputed from scratch by the scan reference, money in Decimal."""
 
 from decimal import ROUND_CEILING
 
-from reference import D, _tiers, money, reference_scan, rows
+from naive.money import money
+from naive.scan import D, reference_scan, rows, tiers_by_symbol
 
 UNIT = D("1e-8")
 REL = D("1e-9")
@@ -27,7 +28,7 @@ def reference_apply(tables, requests, engine_outcomes):
                       isolated_margin=money(r.get("isolated_margin") or 0)) for r in rows(tables["positions"])]
     inst = {r["symbol"]: r for r in rows(tables["instruments"])}
     settle = {s: r.get("settle_asset") or "USDT" for s, r in inst.items()}
-    tiers = _tiers(tables["risk_tiers"])
+    tiers = tiers_by_symbol(tables["risk_tiers"])
     orders = rows(tables["orders"])
     outcomes = []
     for req, engine in zip(rows(requests), engine_outcomes):

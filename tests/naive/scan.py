@@ -1,27 +1,25 @@
-"""Slow, obviously-correct reference implementations of docs/model.md §4–5, straight from the tables.
+"""Reference for the scan (riskcore.scan, docs/model.md §4–5): every position's and
+account's figures and liquidation flags, straight from the tables.
 
 Independent of riskcore's loader and kernels: reads the polars input tables row by row and
 computes in Decimal (50 digits) from the exact values of the float inputs.
 """
 
 from collections import defaultdict
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import Decimal, localcontext
+
+from naive.money import money
 
 D = Decimal
 INF = D("Infinity")
-
-
-def money(x, scale=8) -> Decimal:
-    """Model §3: a float amount means the decimal it prints as, rounded half-even to the scale."""
-    exact = x if isinstance(x, Decimal) else D(repr(float(x)))
-    return exact.quantize(D(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
 
 
 def rows(table):
     return table if isinstance(table, list) else list(table.iter_rows(named=True))
 
 
-def _tiers(risk_tiers):
+def tiers_by_symbol(risk_tiers):
+    """{symbol: [(floor, mmr, cum, max_leverage)] by floor}; cum derived where not given."""
     by_symbol = defaultdict(list)
     for r in rows(risk_tiers):
         by_symbol[r["symbol"]].append(r)
@@ -73,7 +71,7 @@ def reference_scan(instruments, risk_tiers, accounts, positions, orders=None, ma
         ctx.prec = 50
         inst = {r["symbol"]: r for r in rows(instruments)}
         settle = {s: (r.get("settle_asset") or "USDT") for s, r in inst.items()}
-        tiers = _tiers(risk_tiers)
+        tiers = tiers_by_symbol(risk_tiers)
         mark = {r["symbol"]: r["mark_price"] for r in rows(marks)}
         wallets = {}
         for r in rows(accounts):
