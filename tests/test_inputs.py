@@ -8,7 +8,7 @@ import math
 import os
 import subprocess
 import sys
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,9 @@ from riskcore.money import to_units
 from riskcore.ops import apply_requests
 from riskcore.tables import as_frame
 
+from naive.money import reference_units
+
 D = Decimal
-INT64_MAX = 2**63 - 1
 
 
 def tables():
@@ -157,13 +158,6 @@ def test_text_money_refused(tmp_path, capsys):
 INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
 
 
-def _reference(value: Decimal, scale: int):
-    with localcontext() as ctx:
-        ctx.prec = 200
-        units = int(value.scaleb(scale).to_integral_value(rounding=ROUND_HALF_EVEN))
-    return units if abs(units) <= INT64_MAX else None  # None: refused as too large
-
-
 @st.composite
 def money_inputs(draw):
     """(pyarrow array of one value, the Decimal it means)."""
@@ -200,7 +194,7 @@ def test_money_conversion_matches_decimal_reference(arg, scale):
         with pytest.raises(BookError, match="10\\^19"):
             units()
         return
-    expected = _reference(value, scale)
+    expected = reference_units(value, scale)
     if expected is None:
         with pytest.raises(BookError, match="too large for 64-bit fixed point"):
             units()

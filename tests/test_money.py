@@ -2,7 +2,6 @@
 
 import math
 from decimal import Decimal
-from fractions import Fraction
 
 import numpy as np
 import polars as pl
@@ -10,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from riskcore.money import add_places, decimal_places, floor_certified, floor_grid, to_units
+
+from naive.money import exact
 
 decimals = st.decimals(min_value=Decimal("-1e9"), max_value=Decimal("1e9"), places=8, allow_nan=False)
 
@@ -42,7 +43,7 @@ def test_floor_grid_equals_exact_floor(pairs):
     units, ok = floor_grid(value, np.abs(value), places, np.full(len(a), 8))
     for x, y, u, good in zip(a, b, units, ok):
         if good:
-            assert u == math.floor(Fraction(Decimal(repr(float(x)))) * Fraction(Decimal(repr(float(y)))) * 10**8)
+            assert u == math.floor(exact(x) * exact(y) * 10**8)
 
 
 @given(st.lists(st.tuples(decimals, decimals.filter(lambda d: abs(d) > Decimal("1e-6"))), min_size=1, max_size=30))
@@ -53,7 +54,7 @@ def test_floor_certified_equals_exact_floor(pairs):
     units, ok = floor_certified(units_f, 8 * np.finfo(float).eps * np.abs(units_f) + 1e-300)
     for x, y, u, good in zip(a, b, units, ok):
         if good:
-            assert u == math.floor(Fraction(Decimal(repr(float(x)))) / Fraction(Decimal(repr(float(y)))) * 10**8)
+            assert u == math.floor(exact(x) / exact(y) * 10**8)
 
 
 def test_to_units_half_even_on_printed_decimal():

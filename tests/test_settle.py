@@ -1,6 +1,5 @@
 """Nightly settlement (docs/model.md §9) against a plain Fraction reference, to the last unit."""
 
-import math
 import os
 import signal
 import subprocess
@@ -8,8 +7,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 
 import polars as pl
@@ -22,32 +19,7 @@ from riskcore.io import write_tables
 from riskcore.settle import HOUSE_ACCOUNT_ID, settle
 
 from books import books, good, representable
-
-
-def exact(x):
-    return Fraction(Decimal(repr(float(x))))
-
-
-def reference(tables, marks, rates, steps):
-    """{(account, asset, symbol, side, kind): units} for positions, and house per (asset, kind)."""
-    inst = {r["symbol"]: r for r in tables["instruments"].iter_rows(named=True)}
-    ledger, house = {}, defaultdict(int)
-    for p in tables["positions"].iter_rows(named=True):
-        i = inst[p["symbol"]]
-        q, f, E, P = exact(p["qty"]), exact(i["face_value"]), exact(p["entry_price"]), exact(marks[p["symbol"]])
-        inverse = i["contract_type"] == "inverse"
-        asset = i.get("settle_asset") or "USDT"
-        for kind in steps:
-            if kind == "funding":
-                r = exact(rates[p["symbol"]])
-                value = -q * f * r / P if inverse else -q * f * P * r
-            else:
-                value = q * f * (1 / E - 1 / P) if inverse else q * f * (P - E)
-            units = math.floor(value * 10**8)
-            if units:
-                ledger[(p["account_id"], asset, p["symbol"], p["position_side"] or "both", kind)] = units
-                house[(asset, kind)] -= units
-    return ledger, {k: v for k, v in house.items() if v}
+from naive.settle import reference_settle
 
 
 def ledger_units(out: Path):
@@ -75,7 +47,7 @@ def test_ledger_matches_the_exact_reference(case):
         write_tables(tables, tmp / "book")
         pl.DataFrame({"symbol": list(marks), "mark_price": list(marks.values()),
                       "funding_rate": [rates[s] for s in marks]}).write_parquet(tmp / "marks.parquet")
-        want, house = reference(tables, marks, rates, steps)
+        want, house = reference_settle(tables, marks, rates, steps)
         try:
             settle(tmp / "book", tmp / "out", marks=tmp / "marks.parquet", settlement_id="s1", steps=steps, part_rows=3)
         except rc.BookError as e:  # refused only when an amount really is beyond 64-bit money
