@@ -7,7 +7,7 @@ import riskcore as rc
 from riskcore.engine import Engine
 from riskcore.io import write_tables
 from riskcore.settle import settle
-from test_bench_scan import setup
+from bench_books import setup
 
 
 @pytest.mark.parametrize("size", ["100k", "1M", "10M"])

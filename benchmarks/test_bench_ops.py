@@ -7,7 +7,7 @@ import pytest
 import riskcore as rc
 from riskcore.gen import generate, generate_requests
 from riskcore.ops import apply_requests
-from test_bench_scan import SIZES
+from bench_books import SIZES
 
 
 @functools.cache

@@ -4,27 +4,15 @@ Default test run: each runs once as a correctness test (--benchmark-disable). Ti
     python -m pytest benchmarks --benchmark-enable -m "heavy or not heavy"
 """
 
-import functools
-
 import numpy as np
 import polars as pl
 import pytest
 
 import riskcore as rc
 from riskcore.baselines import bandwidth_floor, numpy_flags, polars_flags
-from riskcore.gen import generate
-from riskcore.scan import ScanArrays, scan_into
+from riskcore.scan import scan_into
 
-SIZES = {"100k": (10_000, 100_000, 100), "1M": (100_000, 1_000_000, 200), "10M": (1_000_000, 10_000_000, 500)}
-
-
-@functools.cache
-def setup(size):
-    accounts, positions, symbols = SIZES[size]
-    tables = generate(accounts, positions, symbols, seed=0)
-    book = rc.Book.from_tables(**tables)
-    return tables, book, ScanArrays.empty(len(book.positions), len(book.wallets))
-
+from bench_books import setup
 
 @pytest.mark.parametrize("size", ["100k", "1M", "10M"])
 def test_scan_flags(benchmark, size):
