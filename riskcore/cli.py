@@ -210,6 +210,30 @@ def _liquidating(result) -> tuple[int, int]:
     return int(result.accounts["liquidate"].sum()), iso
 
 
+def _count(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (argparse then exits 2 naming the option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {value:,}" if high is not None
+                                             else f"must be at least {low:,}, got {value:,}")
+        return value
+    return parse
+
+
+SEED = _count(0, 2**32 - 1)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like every other refusal (`--help` shows usage)."""
+
+    def error(self, message):
+        self.exit(2, f"riskcore: error: {self.prog}: {message}\n")
+
+
 def _add_force(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace OUT even if it is a non-empty folder riskcore did not write, or the output of "
@@ -217,17 +241,17 @@ def _add_force(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="riskcore", description="Vectorised risk engine for crypto-futures books.")
+    p = _Parser(prog="riskcore", description="Vectorised risk engine for crypto-futures books.")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("gen", help="write a realistic synthetic book as Parquet")
     g.add_argument("out", type=Path, metavar="OUT/")
-    g.add_argument("--accounts", type=int, default=100_000)
-    g.add_argument("--positions", type=int, default=1_000_000)
-    g.add_argument("--symbols", type=int, default=200)
-    g.add_argument("--tiers", type=int, default=10)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--ticks", type=int, default=0, help="also write OUT/ticks.parquet with this many ticks")
+    g.add_argument("--accounts", type=_count(1), default=100_000)
+    g.add_argument("--positions", type=_count(1), default=1_000_000)
+    g.add_argument("--symbols", type=_count(1), default=200)
+    g.add_argument("--tiers", type=_count(1), default=10)
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--ticks", type=_count(0), default=0, help="also write OUT/ticks.parquet with this many ticks")
     _add_force(g)
     g.set_defaults(func=cmd_gen)
 
@@ -267,16 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_settle)
 
     b = sub.add_parser("bench", help="the performance table: riskcore, baselines and bandwidth floor")
-    b.add_argument("--positions", type=int, default=1_000_000)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--positions", type=_count(1), default=1_000_000)
+    b.add_argument("--seed", type=SEED, default=0)
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="generate a book, scan it, show what a risk desk looks at")
-    d.add_argument("--accounts", type=int, default=100_000)
-    d.add_argument("--positions", type=int, default=1_000_000)
-    d.add_argument("--symbols", type=int, default=200)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--accounts", type=_count(1), default=100_000)
+    d.add_argument("--positions", type=_count(1), default=1_000_000)
+    d.add_argument("--symbols", type=_count(1), default=200)
+    d.add_argument("--seed", type=SEED, default=0)
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -50,14 +50,16 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
     (or a kill) leave `out` as it was. `inputs` are paths the command reads (never written,
     never inside or around `out`)."""
     out = check_output(out, command=command, inputs=inputs, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     stage = out.with_name(f".{out.name}{_TAG}{token}")
-    with _locked(out.parent):
-        _clean_dead_runs(out)
-        _check_existing(out, command, force)
-        lock_fd = os.open(f"{stage}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    lock = Path(f"{stage}.lock")
+    with writing(out):  # errors of the set-up (no permission, a full disk) name OUT
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(out.parent):
+            _clean_dead_runs(out)
+            _check_existing(out, command, force)
+            lock_fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         with writing(out):  # a full disk fails naming at least the output folder
             stage.mkdir()
@@ -73,7 +75,8 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
         raise BookError(str(out) + e.table[len(str(stage)):], e.column, e.problem, e.rows) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after a publish it holds the previous output
-        os.unlink(f"{stage}.lock")
+        with _locked(out.parent):  # not while another run is cleaning up beside us
+            lock.unlink(missing_ok=True)
         os.close(lock_fd)
 
 
@@ -124,6 +127,11 @@ def _check_existing(out: Path, command: str, force: bool) -> None:
     if manifest.get("command") != command:
         raise OutputError(out, f"holds the output of 'riskcore {manifest.get('command')}', which "
                                f"'riskcore {command}' would replace; name another folder (or --force)")
+    added = sorted(set(_files(out)) - set(manifest.get("files", {})) - {MANIFEST})
+    if added:
+        raise OutputError(out, f"holds files riskcore did not write ({', '.join(added[:3])}"
+                               f"{f' and {len(added) - 3} more' if len(added) > 3 else ''}), which replacing it would "
+                               f"delete; move them or name another folder (or --force)")
 
 
 @contextmanager
@@ -141,8 +149,14 @@ def _clean_dead_runs(out: Path) -> None:
     """Remove what killed runs into `out` left; restore a previous output a run killed
     between the two renames of the fallback publish had moved aside."""
     prefix = f".{out.name}{_TAG}"
-    for lock in out.parent.glob(f"{prefix}*.lock"):
-        fd = os.open(lock, os.O_RDWR)
+    for name in os.listdir(out.parent):  # not glob: OUT's name may hold [, * or ?
+        if not (name.startswith(prefix) and name.endswith(".lock")):
+            continue
+        lock = out.parent / name
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,13 +168,25 @@ def _clean_dead_runs(out: Path) -> None:
                 old.rename(out)
             shutil.rmtree(old, ignore_errors=True)
             shutil.rmtree(stage, ignore_errors=True)
-            lock.unlink()
+            lock.unlink(missing_ok=True)
         finally:
             os.close(fd)
 
 
+def _files(folder: Path) -> dict[str, int]:
+    """Every file below a folder (relative path → size); empty folders count as files, so
+    a user's empty folder is not deleted unnoticed either."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        for name in files + [d for d in dirs if not os.listdir(os.path.join(root, d))]:
+            path = os.path.normpath(os.path.join(rel, name))
+            found[path] = os.path.getsize(os.path.join(root, name))
+    return found
+
+
 def _write_manifest(stage: Path, command: str) -> None:
-    files = {str(p.relative_to(stage)): p.stat().st_size for p in sorted(stage.rglob("*")) if p.is_file()}
+    files = _files(stage)
     manifest = dict(riskcore=__version__, command=command, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     argv=sys.argv[1:], files=files)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))

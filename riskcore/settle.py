@@ -82,6 +82,10 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     bad = [s for s in steps if s not in KINDS]
     if bad or not steps:
         raise BookError("settle", "steps", f"steps must be among {', '.join(KINDS)}, got {', '.join(bad) or 'none'}")
+    if len(set(steps)) != len(steps):
+        raise BookError("settle", "steps", f"a step is named twice ({', '.join(steps)}): it would be applied twice")
+    if not isinstance(settlement_id, str) or not settlement_id.strip():
+        raise BookError("settle", "settlement_id", "a settlement needs a non-empty id")
     if isinstance(part_rows, bool) or not isinstance(part_rows, (int, np.integer)) or part_rows < 1:
         raise BookError("settle", "part_rows", f"must be a positive number of rows, got {part_rows}")
     tables = {}

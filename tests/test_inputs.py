@@ -496,3 +496,27 @@ def test_broken_pipe_real_pipe(tmp_path):
     os.close(write)
     err = [line for line in p.stderr.splitlines() if not line.startswith("riskcore: compiling")]
     assert p.returncode == 141 and err == [], p.stderr
+
+
+@pytest.mark.parametrize("steps,words", [("funding,funding", "named twice"), ("realize,funding,realize", "named twice")])
+def test_settle_refuses_a_step_named_twice(tmp_path, capsys, steps, words):
+    book = write_book(tmp_path / "b")
+    pq.write_table(tables()["marks"], tmp_path / "m.parquet")
+    refused(capsys, "settle", book, "--marks", tmp_path / "m.parquet", "--id", "s1", "--out", tmp_path / "o",
+            "--steps", steps, names=("steps", words))
+    refused(capsys, "settle", book, "--marks", tmp_path / "m.parquet", "--id", " ", "--out", tmp_path / "o",
+            names=("settlement_id", "non-empty"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["gen", "--seed", "-1"], "--seed"), (["gen", "--seed", str(10**23)], "--seed"), (["gen", "--ticks", "-3"], "--ticks"),
+    (["gen", "--accounts", "0"], "--accounts"), (["gen", "--symbols", "x"], "--symbols"), (["bench", "--positions", "0"],
+                                                                                          "--positions"),
+])
+def test_bad_command_line_numbers_are_one_line(tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ([str(tmp_path / "o")] if argv[0] == "gen" else []))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("riskcore: error: ") and words in err[0], err

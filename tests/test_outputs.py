@@ -288,3 +288,49 @@ def test_kill_9_at_random_moments_leaves_a_whole_output(desk, tmp_path):
 @pytest.mark.slow
 def test_kill_9_at_random_moments_many_times(desk, tmp_path):
     kill_loop(desk, tmp_path, kills=60, seed=2)
+
+
+def test_files_a_user_added_to_an_output_are_not_deleted_silently(desk, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(commands(desk, out)["scan"]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "mywork").mkdir()
+    assert main(commands(desk, out)["scan"]) == 2
+    assert "holds files riskcore did not write (mywork, notes.txt)" in one_error_line(capsys)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(commands(desk, out)["scan"] + ["--force"]) == 0
+    assert not (out / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["o[1]", "st*r", "q?"])
+def test_dead_leftovers_are_cleaned_whatever_the_name_and_only_their_own(desk, tmp_path, name):
+    def leftover(of):
+        stage = tmp_path / f".{of}.riskcore-999999-dead"
+        (stage / "positions.parquet").parent.mkdir(parents=True)
+        (stage / "positions.parquet").write_bytes(b"partial")
+        Path(f"{stage}.lock").touch()  # nobody holds its lock: its run is dead
+        return stage
+    mine, other = leftover(name), leftover("star")
+    assert main(commands(desk, tmp_path / name)["scan"]) == 0
+    assert not mine.exists() and not Path(f"{mine}.lock").exists()
+    assert other.exists() and Path(f"{other}.lock").exists()  # another OUT's leftover is not ours to clean
+
+
+RACER = """
+import sys
+from pathlib import Path
+from riskcore.output import output_dir
+for k in range(int(sys.argv[2])):
+    with output_dir(sys.argv[1], command="race") as stage:
+        (Path(stage) / "n.txt").write_text(str(k))
+"""
+
+
+def test_many_runs_racing_for_one_out_all_succeed(tmp_path):
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(out), "60"], env=ENV, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    assert is_riskcore_output(out)["files"] == {"n.txt": len((out / "n.txt").read_text())}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
