@@ -82,7 +82,7 @@ def run(positions: int = 1_000_000, seed: int = 0, repeats: int = 9, log=print) 
         ts[0] += 1
         engine.on_symbol_marks(s, engine.mark[s] * np.exp(rng.normal(0, 0.001, m)), ts[0])
 
-    touched = np.diff(engine._sym_row_start)
+    touched = np.diff(engine.state.row_start)
     record(f"tick: 1 of {n_sym} symbols (uniform; median {int(np.median(touched)):,} rows)",
            _times(lambda: tick(1), max(repeats, 200), 10.0), float(np.mean(touched)))
     record(f"tick: all {n_sym} symbols", _times(lambda: tick(n_sym), repeats), rows)

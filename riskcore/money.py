@@ -358,3 +358,71 @@ def _exact_amount(kind, q, f, P, E, r, inverse, scale) -> int:
     if abs(units) >= 2**62:
         raise BookError("positions", "qty", "an amount exceeds 64-bit fixed point money")
     return units
+
+
+# -- directed rounding for forced closes (the tick engine, docs/model.md §8.3-8.5) --------
+
+def realized_units(qty, entry, face, inverse, price, scale) -> np.ndarray:
+    """Realized PnL of closing `qty` at `price`, floor(q·f·(P − E)·10^scale) (inverse
+    q·f·(1/E − 1/P)), exactly, every input meaning the decimal it prints as (exact_amounts
+    "realize"). An inverse close at an infinite price (1/P = 0) realizes floor(q·f/E)."""
+    qty, entry, face, price = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (qty, entry, face, price))
+    inverse = np.broadcast_to(np.asarray(inverse, dtype=bool), qty.shape)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.int64), qty.shape)
+    at_inf = inverse & np.isinf(price)
+    units = exact_amounts("realize", qty, entry, face, inverse, np.where(at_inf, entry, price), np.zeros(len(qty)),
+                          scale)
+    if at_inf.any():  # q·f/E = −q·f·(−1)/E: the inverse funding formula at P = E, rate −1
+        k = int(at_inf.sum())
+        units[at_inf] = exact_amounts("funding", qty[at_inf], entry[at_inf], face[at_inf], np.ones(k, bool),
+                                      entry[at_inf], np.full(k, -1.0), scale[at_inf])
+    return units
+
+
+def fee_units(qty, entry, face, inverse, price, rate, scale) -> np.ndarray:
+    """A fee on the notional of `qty` at `price`, rounded up: ceil(abs(q)·f·P·rate·10^scale)
+    (inverse abs(q)·f/P·rate), exactly (= −floor of the funding amount of abs(q))."""
+    return -exact_amounts("funding", np.abs(np.asarray(qty, dtype=np.float64)), entry, face, inverse, price, rate,
+                          scale)
+
+
+def ceil_share(units: int, part: float, whole: float) -> int:
+    """units · part / whole rounded up (a share of an integer amount, e.g. the fund's cover of
+    an unmatched quantity)."""
+    return int(np.ceil(units * part / whole))
+
+
+def spread_units(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split an integer amount over rows in proportion to weights, exactly: each share
+    floored, the remainder to the largest weight (the first on ties); all of it to the first
+    row when the weights sum to 0."""
+    if abs(total) >= 2**52 and len(weights) and np.sum(np.asarray(weights, dtype=np.float64)) > 0:
+        # float shares could round past the total (or int64): exact integer shares instead
+        w = [int(x) for x in np.asarray(weights, dtype=np.int64)]
+        whole = sum(w)
+        out = [total * x // whole for x in w]
+        out[int(np.argmax(w))] += total - sum(out)
+        return np.array(out, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if total == 0 or weights.sum() <= 0:
+        out = np.zeros(len(weights), np.int64)
+        if total and len(out):
+            out[0] = total
+        return out
+    out = np.floor(total * weights / weights.sum()).astype(np.int64)
+    out[np.argmax(weights)] += total - out.sum()
+    return out
+
+
+def int64_parts(total: int) -> list[int]:
+    """An exact integer as int64 amounts that sum to it (one, unless it is beyond int64):
+    how a move of any size is handed to Book.apply_moves, which sums a target's moves exactly."""
+    parts = []
+    while total > INT64_MAX:
+        parts.append(INT64_MAX)
+        total -= INT64_MAX
+    while total < INT64_MIN:
+        parts.append(INT64_MIN)
+        total -= INT64_MIN
+    parts.append(total)
+    return parts

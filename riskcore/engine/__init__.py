@@ -1,0 +1,18 @@
+"""The tick engine (docs/model.md §8), one job per module:
+
+- core.py: `Engine`, the orchestration of ticks → state → liquidation rounds → events;
+- ticks.py: `TickError`, one tick's checks, `load_ticks` (a whole tick table);
+- state.py: `TickState`, the incremental figures (symbol-major mirror, per-wallet running sums);
+- events.py: `EventLog`, the event log as growable columns, and the events table;
+- liquidation.py: forced close, fee, insurance fund, bankruptcy price, ADL as plans of money
+  moves (`plan_close` → `CloseMoves`) that change nothing until the engine applies them.
+"""
+
+from .core import FULL_SCAN_SHARE, RESYNC_EVERY, Engine
+from .events import (ACCOUNT_LIQUIDATABLE, ADL_CLOSE, EVENT_KINDS, FUND_SHORTFALL, LIQUIDATION_CLOSE,
+                     POSITION_LIQUIDATABLE, EventLog)
+from .ticks import TickError, load_ticks
+
+__all__ = ["ACCOUNT_LIQUIDATABLE", "ADL_CLOSE", "EVENT_KINDS", "FULL_SCAN_SHARE", "FUND_SHORTFALL",
+           "LIQUIDATION_CLOSE", "POSITION_LIQUIDATABLE", "RESYNC_EVERY", "Engine", "EventLog", "TickError",
+           "load_ticks"]

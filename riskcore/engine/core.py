@@ -1,0 +1,238 @@
+"""The tick engine (docs/model.md §8): holds a book, re-checks only what each mark update can
+change, reports liquidations edge-triggered, and optionally executes them (forced close,
+liquidation fee to the insurance fund, bankruptcy paid by the fund, auto-deleveraging when it
+cannot).
+
+`Engine` orchestrates: a tick is checked (ticks.py), applied to the incremental state
+(state.py), reported (events.py), and, with liquidation on, closes are planned round after
+round (liquidation.py) and applied here through the book's API (Book.apply_moves,
+Book.cancel_orders) and `_change_quantities`.
+"""
+
+from copy import deepcopy
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from ..book import Book
+from ..errors import BookError, MoneyOverflowError
+from ..money import INT64_MAX, INT64_MIN, to_units, units_to_decimal
+from ..tables import as_frame, codes, require, str_col
+from . import liquidation
+from .events import ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, EventLog
+from .state import TickState
+from .ticks import check_tick, symbol_ids
+
+RESYNC_EVERY = 10_000  # ticks between exact recomputations of the running sums
+FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is an exact parallel full scan
+
+
+class Engine:
+    """Stateful risk engine over a book.
+
+    `liquidate=True` executes forced closes as liquidations appear (the engine then owns a
+    copy of the book and changes it through the book's API). `insurance_fund` is a table
+    (`asset`, `balance`), absent = 0 in every asset. `resync_every` ticks the running sums are
+    recomputed exactly.
+
+    State: the account figures in `out.accounts` (by wallet id), kept current every tick;
+    the per-position figures symbol-major (`position_figures()` gives them in book order).
+    """
+
+    def __init__(self, book: Book, marks=None, *, liquidate: bool = False, insurance_fund=None,
+                 resync_every: int = RESYNC_EVERY, fund_name: str = "insurance_fund"):
+        self.book = deepcopy(book) if liquidate else book
+        book = self.book
+        mark = book.mark if marks is None else book.read_marks(marks)[0]
+        book.check_marks(mark, None if marks is None else "marks")
+        self.mark = mark.copy()
+        self.execute = liquidate
+        self.resync_every = resync_every
+        self._ticks = 0
+        self.fund = self._read_fund(insurance_fund, fund_name)
+        self.ts = None
+        self._n_orders = len(book.orders)
+        self._order_origin = np.arange(len(book.orders), dtype=np.int64)  # current order -> order at load
+        self._events = EventLog()
+        self.state = TickState(book)
+        self.out = self.state.out
+        self.state.resync(self.mark)
+        # what is liquidatable at load is reported once, with no timestamp
+        n_w = len(book.wallets)
+        self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
+        iso = np.flatnonzero(book.positions.isolated)
+        self._report_positions(iso, np.zeros(len(iso), bool))
+        if liquidate:
+            self._liquidate(np.arange(n_w))
+
+    # -- ticks ---------------------------------------------------------------------------
+    def on_marks(self, symbols, prices, ts=None) -> int:
+        """Apply one tick of symbol names and prices; returns how many events it produced
+        (see `events()`). A bad tick raises TickError and changes nothing."""
+        return self.on_symbol_marks(self.symbol_ids(symbols, ts), prices, ts)
+
+    def symbol_ids(self, symbols, ts=None) -> np.ndarray:
+        """Dense ids of symbol names (TickError naming the unknown ones)."""
+        return symbol_ids(self.book, symbols, ts)
+
+    def on_symbol_marks(self, sym: np.ndarray, prices, ts=None) -> int:
+        """on_marks with symbols given as dense ids (the replay loop's fast path)."""
+        sym, price = check_tick(sym, prices, ts, self.ts)
+        self.mark[sym] = price
+        self.ts = ts if ts is not None else self.ts
+        n_before = len(self._events)
+        sym = np.sort(sym)
+        self._ticks += 1
+        state, pos = self.state, self.book.positions
+        if state.n_rows(sym) > FULL_SCAN_SHARE * len(pos) or self._ticks % self.resync_every == 0:
+            # most of the book moved: an exact parallel scan in book order; the symbol-major
+            # copies go stale and are refreshed symbol by symbol when a small tick needs them
+            iso = np.flatnonzero(pos.isolated)
+            old_acct, old_iso = self.out.accounts["liquidate"].copy(), self.out.positions["liquidate"][iso]
+            state.full_scan(self.mark)
+            wallets = np.arange(len(self.book.wallets))
+            self._report_accounts(wallets, old_acct)
+            self._report_positions(iso, old_iso)
+        else:
+            wallets, became_wallets, became_rows = state.tick(sym, self.mark)
+            self._account_events(became_wallets)
+            self._position_events(became_rows)
+        if self.execute:
+            self._liquidate(wallets)
+        return len(self._events) - n_before
+
+    # -- events --------------------------------------------------------------------------
+    def _report_accounts(self, wallets, old):
+        """Events for wallets that became liquidatable (edge-triggered: again only after recovery)."""
+        self._account_events(wallets[self.out.accounts["liquidate"][wallets] & ~old])
+
+    def _report_positions(self, rows, old):
+        """Events for isolated positions (book rows) that became liquidatable."""
+        self._position_events(rows[self.out.positions["liquidate"][rows] & ~old])
+
+    def _account_events(self, wallets):
+        a = self.out.accounts
+        self._events.append_block(self.ts, ACCOUNT_LIQUIDATABLE, wallets, equity=a["equity"][wallets],
+                                  mm=a["cross_mm"][wallets], risk_ratio=a["risk_ratio"][wallets])
+
+    def _position_events(self, rows):
+        if not len(rows):
+            return
+        pos = self.book.positions
+        f = self.state.row_figures(rows)
+        margin_balance = pos.isolated_margin[rows] * self.book.symbol_unit[pos.symbol[rows]] + f["upnl"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            risk = np.where(margin_balance > 0, (f["mm"] + f["fee"]) / margin_balance, np.inf)
+        self._events.append_block(self.ts, POSITION_LIQUIDATABLE, pos.wallet[rows], row=rows, qty=pos.qty[rows],
+                                  price=self.mark[pos.symbol[rows]], equity=margin_balance, mm=f["mm"],
+                                  risk_ratio=risk)
+
+    # -- forced liquidation ---------------------------------------------------------------
+    def _liquidate(self, wallets, max_rounds: int = 20):
+        """Close every liquidatable cross wallet and isolated position in `wallets` (those
+        just re-checked), re-check exactly the wallets the closes touched (ADL counterparties
+        included), and repeat while that makes new liquidations. A close whose money would
+        leave int64 is not made (MoneyOverflowError); the others still are, every touched
+        wallet is re-checked, and then the first such error is raised."""
+        book, a, p = self.book, self.out.accounts, self.out.positions
+        pos = book.positions
+        failed = []
+        amounts = liquidation.CloseAmounts(book, self.mark)
+        for _ in range(max_rounds):
+            closes = liquidation.closes_due(book, self.out, wallets)
+            if closes:  # every close's exact amounts in one vectorised call
+                amounts.prepare(np.concatenate([r for r, _, _ in closes]))
+            touched: set[int] = set()
+            cancel = []
+            for rows, w, isolated in closes:
+                try:
+                    moves = liquidation.plan_close(book, self.mark, self.fund, rows, w, isolated, amounts, self.state)
+                except MoneyOverflowError as e:  # nothing of this close is made
+                    failed.append(e)
+                    continue
+                self._apply(moves)
+                cancel.append(moves.cancel)
+                touched |= moves.touched
+            if cancel:  # the round's cancellations in one call (order indices stay valid until then)
+                self._cancel_orders(np.concatenate(cancel))
+            if not touched:
+                break
+            rows = np.array(sorted(touched), dtype=np.int64)
+            wallets = np.unique(pos.wallet[rows]).astype(np.int64)
+            all_rows = self.state.wallet_rows(wallets)
+            iso = all_rows[pos.isolated[all_rows]]
+            old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
+            self.state.resync(self.mark, wallets)
+            self._report_accounts(wallets, old_acct)
+            self._report_positions(iso, old_iso)
+        if failed:
+            raise failed[0]
+
+    def _apply(self, moves: liquidation.CloseMoves) -> None:
+        """Make a planned close: money through Book.apply_moves (exact, all or nothing; the plan
+        has checked it already), the fund, the quantities, the events."""
+        self.book.apply_moves(balance=moves.balance, isolated_margin=moves.isolated_margin)
+        for asset, delta in moves.fund.items():
+            total = int(self.fund[asset]) + delta
+            assert INT64_MIN <= total <= INT64_MAX  # checked by plan_close
+            self.fund[asset] = total
+        self._change_quantities(*moves.qty)
+        for kind, wallet, i, qty, price, realized, fund in moves.events:
+            self._events.append(self.ts, kind, wallet, i, qty=qty, price=price, realized=realized, fund=fund)
+
+    def _change_quantities(self, rows: np.ndarray, change: np.ndarray) -> None:
+        """The one place the engine writes position quantities: qty[rows] += change, in order
+        (a closed position's change is −qty, leaving exactly 0)."""
+        np.add.at(self.book.positions.qty, rows, change)
+
+    def _cancel_orders(self, rows: np.ndarray) -> None:
+        """Cancel resting orders (indices into the book's current orders) through the book."""
+        gone = np.zeros(len(self.book.orders), dtype=bool)
+        gone[rows] = True
+        if gone.any():
+            self.book.cancel_orders(gone)
+            self._order_origin = self._order_origin[~gone]
+
+    # -- state out ------------------------------------------------------------------------
+    @property
+    def order_cancelled(self) -> np.ndarray:
+        """Per order of the book as loaded: cancelled by a forced close (read-only view of
+        the book's cancellations)."""
+        cancelled = np.ones(self._n_orders, dtype=bool)
+        cancelled[self._order_origin] = False
+        return cancelled
+
+    def current_book(self) -> Book:
+        """The book as the engine holds it now (positions after forced closes and ADL, money
+        after fees, fund payments and ADL, orders cancelled by liquidation removed) with the
+        last tick's marks; scanning it gives the engine's figures."""
+        return replace(self.book, mark=self.mark.copy())
+
+    def _read_fund(self, table, name: str = "insurance_fund") -> np.ndarray:
+        """Units per asset from an (asset, balance) table; errors call it `name` (its file)."""
+        fund = np.zeros(len(self.book.assets), dtype=np.int64)
+        if table is not None:
+            df = as_frame(table, name)
+            asset = codes(str_col(df, name, "asset"), self.book.assets, name, "unknown asset")
+            require(df, name, "balance")
+            order = np.argsort(asset, kind="stable")
+            dup = np.flatnonzero(np.diff(asset[order]) == 0)
+            if len(dup):
+                raise BookError(name, "asset", "asset listed twice", np.sort(order[np.r_[dup, dup + 1]]))
+            fund[asset] = to_units(df["balance"], self.book.asset_scale[asset], name)
+        return fund
+
+    def events(self) -> pl.DataFrame:
+        """Every event so far (columns: model §8.2), money as exact decimals of the asset."""
+        return self._events.frame(self.book)
+
+    def position_figures(self) -> dict[str, np.ndarray]:
+        """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in
+        book order."""
+        return self.state.position_figures()
+
+    def insurance_fund(self) -> pl.DataFrame:
+        scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
+        return pl.DataFrame({"asset": self.book.assets,
+                             "balance": pl.from_arrow(units_to_decimal(self.fund, scale, self.book.asset_scale))})

@@ -1,0 +1,113 @@
+"""The event log (docs/model.md §8.2) as columnar buffers: one growable numpy array per
+column (capacity doubled when full, so appending is amortised O(1) per event), appended one
+event or a block of events at a time; `frame(book)` builds the events table."""
+
+import numpy as np
+import polars as pl
+
+from ..book import SIDES, Book
+from ..money import units_to_decimal
+from ..tables import categorical
+
+EVENT_KINDS = ("account_liquidatable", "position_liquidatable", "liquidation_close", "adl_close",
+               "insurance_fund_shortfall")
+ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, LIQUIDATION_CLOSE, ADL_CLOSE, FUND_SHORTFALL = range(5)
+CLOSE_KINDS = (LIQUIDATION_CLOSE, ADL_CLOSE, FUND_SHORTFALL)  # the events that move money (§8.6)
+
+# column -> (dtype, value when not given)
+COLUMNS = {"ts": (object, None), "kind": (np.int32, 0), "wallet": (np.int64, 0), "row": (np.int64, -1),
+           "qty": (np.float64, np.nan), "price": (np.float64, np.nan), "realized": (np.int64, 0),
+           "fund": (np.int64, 0), "equity": (np.float64, np.nan), "mm": (np.float64, np.nan),
+           "risk_ratio": (np.float64, np.nan)}
+
+
+class EventLog:
+    """Events so far, column by column. `row` is the book row of the position (−1 for a
+    wallet's event); `realized` and `fund` are exact int64 units of the wallet's asset."""
+
+    def __init__(self, capacity: int = 1024):
+        self._n = 0
+        self._cols = {name: np.full(max(capacity, 1), fill, dtype=dtype) for name, (dtype, fill) in COLUMNS.items()}
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        return len(self._cols["kind"])
+
+    def column(self, name: str) -> np.ndarray:
+        """The first len(self) values of a column (a view: do not keep it across appends)."""
+        return self._cols[name][:self._n]
+
+    def _reserve(self, extra: int) -> int:
+        """Room for `extra` more events (capacity doubled until it fits); returns the first free index."""
+        need = self._n + extra
+        if need > self.capacity:
+            capacity = self.capacity
+            while capacity < need:
+                capacity *= 2
+            for name, (dtype, fill) in COLUMNS.items():
+                grown = np.full(capacity, fill, dtype=dtype)
+                grown[:self._n] = self._cols[name][:self._n]
+                self._cols[name] = grown
+        return self._n
+
+    def append(self, ts, kind: int, wallet, row=-1, qty=np.nan, price=np.nan, realized=0, fund=0,
+               equity=np.nan, mm=np.nan, risk_ratio=np.nan) -> None:
+        """One event."""
+        k = self._reserve(1)
+        c = self._cols
+        c["ts"][k], c["kind"][k], c["wallet"][k], c["row"][k] = ts, kind, wallet, row
+        c["qty"][k], c["price"][k], c["realized"][k], c["fund"][k] = qty, price, realized, fund
+        c["equity"][k], c["mm"][k], c["risk_ratio"][k] = equity, mm, risk_ratio
+        self._n = k + 1
+
+    def append_block(self, ts, kind: int, wallet: np.ndarray, **columns) -> None:
+        """len(wallet) events of one kind at one ts; other columns are arrays of that length
+        or scalars (absent ones take their default)."""
+        n = len(wallet)
+        if not n:
+            return
+        k = self._reserve(n)
+        c = self._cols
+        c["ts"][k:k + n] = [ts] * n
+        c["kind"][k:k + n] = kind
+        c["wallet"][k:k + n] = wallet
+        for name, (_, fill) in COLUMNS.items():
+            if name not in ("ts", "kind", "wallet"):
+                c[name][k:k + n] = columns.get(name, fill)
+        self._n = k + n
+
+    def frame(self, book: Book) -> pl.DataFrame:
+        """The events table (columns: model §8.2), money as exact decimals of the wallet's asset."""
+        n = self._n
+        wal, row = self.column("wallet"), self.column("row")
+        has_row = row >= 0
+        r = np.where(has_row, row, 0)
+        asset = book.wallets.asset[wal] if n else np.zeros(0, np.int32)
+        scale = int(book.asset_scale.max()) if len(book.asset_scale) else 8
+
+        def money(name):
+            return pl.from_arrow(units_to_decimal(self.column(name), scale, book.asset_scale[asset]))
+
+        symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
+        sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
+        return pl.DataFrame({
+            "ts": pl.Series([_plain(t) for t in self.column("ts")]),
+            "kind": categorical(self.column("kind").copy(), EVENT_KINDS),
+            "account_id": book.wallets.account_id[wal], "asset": categorical(asset, book.assets),
+            "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
+            "position_side": pl.Series(np.where(has_row, sides, None).tolist(), dtype=pl.String),
+            "qty": self.column("qty").copy(), "price": self.column("price").copy(),
+            "realized_pnl": money("realized"), "insurance_fund_delta": money("fund"),
+            "equity": self.column("equity").copy(), "mm": self.column("mm").copy(),
+            "risk_ratio": self.column("risk_ratio").copy(),
+        })
+
+
+def _plain(ts):
+    """numpy scalars (datetime64, int64) as Python values, so polars can type the column."""
+    if isinstance(ts, np.datetime64):
+        return ts.astype("datetime64[us]").item()
+    return ts.item() if isinstance(ts, np.generic) else ts
