@@ -227,17 +227,18 @@ def decimal_places(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     places = np.full(len(x), -1, dtype=np.int64)
     todo = np.flatnonzero(np.isfinite(x))
-    for k in range(MAX_PLACES + 1):
-        if not len(todo):
-            break
-        scale = 10.0**k
-        v = x[todo]
-        m = np.rint(v * scale)  # v·10^k itself rounds, so the mantissa may be one off
-        ok = np.zeros(len(v), dtype=bool)
-        for candidate in (m, m - 1, m + 1):
-            ok |= (np.abs(candidate) < 2.0**53) & (candidate / scale == v)  # converts back to v
-        places[todo[ok]] = k
-        todo = todo[~ok]
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values just never match
+        for k in range(MAX_PLACES + 1):
+            if not len(todo):
+                break
+            scale = 10.0**k
+            v = x[todo]
+            m = np.rint(v * scale)  # v·10^k itself rounds, so the mantissa may be one off
+            ok = np.zeros(len(v), dtype=bool)
+            for candidate in (m, m - 1, m + 1):
+                ok |= (np.abs(candidate) < 2.0**53) & (candidate / scale == v)  # converts back to v
+            places[todo[ok]] = k
+            todo = todo[~ok]
     return places
 
 
@@ -336,9 +337,17 @@ def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale,
         cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
     units = np.where(grid_ok, grid, cert)
     units[zero] = 0
+    too_big = []
     for i in np.flatnonzero(~(grid_ok | cert_ok | zero)):
-        units[i] = _exact_amount(kind, qty[i], face[i], price[i], entry[i], rate[i] if kind == "funding" else 0.0,
-                                 bool(inverse[i]), int(scale[i]))
+        exact_units = _exact_amount(kind, qty[i], face[i], price[i], entry[i], rate[i] if kind == "funding" else 0.0,
+                                    bool(inverse[i]), int(scale[i]))
+        if exact_units is None:
+            too_big.append(i)
+        else:
+            units[i] = exact_units
+    if too_big:  # rows of the arrays given: the caller names its file and rows
+        raise MoneyOverflowError("positions", None, f"the {kind} amount of these positions (qty, entry price and "
+                                                    f"price together) exceeds 64-bit fixed point money", too_big)
     return units
 
 
@@ -355,9 +364,7 @@ def _exact_amount(kind, q, f, P, E, r, inverse, scale) -> int:
             q, f, P, E, r = (Decimal(repr(float(v))) for v in (q, f, P, E, r))
             value = -q * f * P * r if kind == "funding" else q * f * (P - E)
             units = int(value.scaleb(scale).to_integral_value(rounding=ROUND_FLOOR))
-    if abs(units) >= 2**62:
-        raise BookError("positions", "qty", "an amount exceeds 64-bit fixed point money")
-    return units
+    return None if abs(units) >= 2**62 else units  # None: too large for 64-bit money
 
 
 # -- directed rounding for forced closes (the tick engine, docs/model.md §8.3-8.5) --------
