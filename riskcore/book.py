@@ -16,11 +16,13 @@ import polars as pl
 
 from .config import DEFAULT_ASSET, DEFAULT_MONEY_SCALE
 from .errors import BookError, MoneyOverflowError, check
+from .keys import N_SIDES, group_key, group_of, position_key
 from .money import add_split, split_sum, to_units
 from .tables import as_frame, codes, float_col, group_violations, int_col, require, str_col
 
 SIDES = ("both", "long", "short")
 BOTH, LONG, SHORT = 0, 1, 2
+assert len(SIDES) == N_SIDES  # position keys (keys.py) count on it
 MODES = ("cross", "isolated")
 CONTRACT_TYPES = ("linear", "inverse")
 
@@ -234,6 +236,12 @@ class Book:
         left = np.isin(self.orders.wallet, touched)
         np.add.at(self.wallets.order_margin, self.orders.wallet[left], order_margins(self.orders, self.instruments, left))
 
+    @property
+    def output_scale(self) -> int:
+        """Decimal places of every money column riskcore writes (model §3): the largest of the
+        book's asset scales, DEFAULT_MONEY_SCALE for a book without assets."""
+        return int(self.asset_scale.max()) if len(self.asset_scale) else DEFAULT_MONEY_SCALE
+
     def __post_init__(self):
         # value of one money unit of each wallet's balance / each symbol's settle asset
         self.wallet_unit = 10.0 ** -self.asset_scale[self.wallets.asset].astype(np.float64)
@@ -381,15 +389,14 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallets: Wallets,
     check(isolated | (iso_margin == 0), t, "isolated_margin", "a cross position cannot hold isolated margin")
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
 
-    n_sym = len(inst)
-    key = (wallet.astype(np.int64) * n_sym + sym) * len(SIDES) + side
+    key = position_key(wallet, sym, side, len(inst))
     order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)
     key_s = key[order]
     dup = np.flatnonzero(key_s[1:] == key_s[:-1]) + 1
     if len(dup):
         raise BookError(t, "position_side", "(account_id, symbol, position_side) listed twice",
                         np.sort(np.r_[order[dup], order[dup - 1]]))
-    group = key_s // len(SIDES)
+    group = group_of(key_s)
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, np.int64)
     iso_s, side_s = isolated[order], side[order]
     if len(starts):
@@ -418,9 +425,8 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
     isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
     # One margin mode per account and symbol (seed 004), across its positions and orders.
-    n_sym = len(inst)
-    held = pl.DataFrame({"g": pos.wallet.astype(np.int64) * n_sym + pos.symbol, "pos_iso": pos.isolated}).unique("g")
-    ords = pl.DataFrame({"g": wallet.astype(np.int64) * n_sym + sym, "iso": isolated})
+    held = pl.DataFrame({"g": group_key(pos.wallet, pos.symbol, len(inst)), "pos_iso": pos.isolated}).unique("g")
+    ords = pl.DataFrame({"g": group_key(wallet, sym, len(inst)), "iso": isolated})
     joined = ords.join(held, on="g", how="left", maintain_order="left")
     conflict = (joined["pos_iso"].is_not_null() & (joined["pos_iso"] != joined["iso"])).to_numpy()
     check(~conflict, t, "margin_mode", "order margin mode differs from the account's position in the symbol")

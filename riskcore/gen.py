@@ -11,6 +11,7 @@ import polars as pl
 
 from .book import Book
 from .errors import BookError
+from .keys import position_key
 from .scan import ScanArrays, scan_into
 
 MAJORS = {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0, "BNB": 600.0, "XRP": 0.6, "DOGE": 0.15,
@@ -78,7 +79,7 @@ def _unique_symbols(rng, acct, hedge_side, popularity):
     n_sym = len(popularity)
     sym = rng.choice(n_sym, len(acct), p=popularity)
     for round_ in range(60):
-        key = (acct * n_sym + sym) * 3 + hedge_side
+        key = position_key(acct, sym, hedge_side, n_sym)
         order = np.argsort(key, kind="stable")
         dup = order[1:][key[order][1:] == key[order][:-1]]
         if not len(dup):

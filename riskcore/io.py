@@ -148,8 +148,7 @@ def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
 
 def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:
     """Exact decimal money; one scale per column: the largest of the book's assets."""
-    scale = int(book.asset_scale.max()) if len(book.asset_scale) else DEFAULT_MONEY_SCALE
-    return pl.from_arrow(units_to_decimal(units, scale, book.asset_scale[asset_ids]))
+    return pl.from_arrow(units_to_decimal(units, book.output_scale, book.asset_scale[asset_ids]))
 
 
 def positions_table(book: Book, pos) -> pl.DataFrame:

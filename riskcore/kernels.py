@@ -1,6 +1,18 @@
 """numba kernels: per-position figures (docs/model.md §4), isolated/cross checks (§5), liquidation
 prices (§6). Arrays in, arrays out; no validation here (the Python layer did it).
 
+Every formula of the model is written once, as a small njit function below, and called by the
+scan, the tick engine, margin operations and settlement alike: `row_figures` / `mm_rate`
+(§4), `margin_balance`, `liquidates` / `isolated_liquidates` / `cross_liquidates` (the one
+trigger, §5), `risk_ratio`, `available_balance`, `transferable`, `account_figures` (§5.2).
+
+Kernels take a few structured arguments, NamedTuples of arrays built once per book or tick
+(numba passes them as plain structs): `SymbolTable` (instruments and their tiers),
+`PositionColumns`, `WalletColumns`, `Marks`, and the output buffers `PositionFigures`,
+`AccountFigures`. Kernels unpack the fields they use into locals before `prange` and pass
+arrays, never structs, to the functions they call in the loop (a struct passed into the
+wallet pass's loop cost ~30% of the liquidation-price scan).
+
 Hot path, two passes: `position_pass` computes every row's figures (flat and branch-light,
 in parallel over rows); `wallet_pass` walks wallets in parallel, and since a wallet's
 positions are one contiguous range (see book.py) every per-account sum is a segmented
@@ -9,18 +21,135 @@ and write in place, so a tick re-computes only the rows of its symbols and the w
 holding them.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from .config import JIT, JIT_PARALLEL
 
+# -- state layouts ----------------------------------------------------------------------------
+
 # The tick engine's per-wallet state, one row per wallet so a wallet costs two cache lines,
 # not one per column: running sums of its cross positions' upnl, mm, im, fee, notional, of
 # its isolated positions' upnl and margin, whether it has an open cross position, its
 # balance and order margin.
-UPNL, MM, IM, FEE, NOTIONAL, ISO_UPNL, ISO_MARGIN, OPEN_CROSS, BALANCE, ORDER_MARGIN = range(10)
-WALLET_STATE = 10
+WALLET_STATE_COLUMNS = ("upnl", "mm", "im", "fee", "notional", "iso_upnl", "iso_margin", "open_cross", "balance",
+                        "order_margin")
+UPNL, MM, IM, FEE, NOTIONAL, ISO_UPNL, ISO_MARGIN, OPEN_CROSS, BALANCE, ORDER_MARGIN = range(len(WALLET_STATE_COLUMNS))
+WALLET_STATE = len(WALLET_STATE_COLUMNS)
 
+
+class SymbolTable(NamedTuple):
+    """Per symbol (dense id) and its tiers, tiers of symbol s at tier_start[s]:tier_start[s+1]."""
+    inverse: np.ndarray            # bool
+    face: np.ndarray
+    taker: np.ndarray
+    mm_fraction: np.ndarray        # NaN: tiered maintenance margin
+    unit: np.ndarray               # value of one money unit of the settle asset
+    tier_start: np.ndarray         # int64, len n_symbols + 1
+    tier_floor: np.ndarray
+    tier_mmr: np.ndarray
+    tier_cum: np.ndarray
+    tier_max_leverage: np.ndarray
+
+    @classmethod
+    def of(cls, book) -> "SymbolTable":
+        inst = book.instruments
+        return cls(inst.inverse, inst.face_value, inst.taker_fee_rate, inst.mm_im_fraction, book.symbol_unit,
+                   inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, inst.tier_max_leverage)
+
+
+class PositionColumns(NamedTuple):
+    """Position rows, aligned: the book's (sorted by wallet, symbol, side) or the tick
+    engine's symbol-major copy (which carries no entry_price/leverage: empty there)."""
+    wallet: np.ndarray
+    symbol: np.ndarray
+    qty: np.ndarray
+    entry_price: np.ndarray
+    leverage: np.ndarray
+    entry_unit: np.ndarray         # face·E (linear) or face/E (inverse)
+    inv_leverage: np.ndarray
+    isolated: np.ndarray           # bool
+    isolated_margin: np.ndarray    # int64 money units
+
+    @classmethod
+    def of(cls, positions) -> "PositionColumns":
+        p = positions
+        return cls(p.wallet, p.symbol, p.qty, p.entry_price, p.leverage, p.entry_unit, p.inv_leverage, p.isolated,
+                   p.isolated_margin)
+
+
+class WalletColumns(NamedTuple):
+    """Per wallet: its positions are rows pos_start[w]:pos_start[w+1]."""
+    pos_start: np.ndarray          # int64, len n_wallets + 1
+    balance: np.ndarray            # int64 money units
+    unit: np.ndarray               # value of one money unit
+    order_margin: np.ndarray
+
+    @classmethod
+    def of(cls, book) -> "WalletColumns":
+        w = book.wallets
+        return cls(w.pos_start, w.balance, book.wallet_unit, w.order_margin)
+
+
+class Marks(NamedTuple):
+    """Per symbol at one set of marks: the mark, face·P (face/P inverse) and ±1 (Book.face_mark)."""
+    mark: np.ndarray
+    face_mark: np.ndarray
+    direction: np.ndarray
+
+
+class PositionFigures(NamedTuple):
+    """Per-position output buffers (model §4–6); `liquidate` is the position's flag (§5)."""
+    notional: np.ndarray
+    upnl: np.ndarray
+    im: np.ndarray
+    mm: np.ndarray
+    fee: np.ndarray
+    roe: np.ndarray
+    margin_balance: np.ndarray
+    risk_ratio: np.ndarray
+    liq_price: np.ndarray
+    liquidate: np.ndarray
+
+
+class AccountFigures(NamedTuple):
+    """Per-wallet output buffers (model §5.2); the tick engine's are column views of one
+    row-per-wallet array, in this order (see ACCOUNT_FIGURES)."""
+    equity: np.ndarray
+    cross_mm: np.ndarray
+    cross_im: np.ndarray
+    cross_fee: np.ndarray
+    risk_ratio: np.ndarray
+    available_balance: np.ndarray
+    transferable: np.ndarray
+    total_equity: np.ndarray
+    liquidate: np.ndarray
+
+
+class RunningFigures(NamedTuple):
+    """What the tick engine keeps per position row (symbol-major) to add each tick's change."""
+    upnl: np.ndarray
+    mm: np.ndarray
+    im: np.ndarray
+    fee: np.ndarray
+    notional: np.ndarray
+    liquidate: np.ndarray          # isolated rows only (cross rows: False)
+
+
+POSITION_FIGURES = PositionFigures._fields[:-1]  # the float figures; `liquidate` is bool
+ACCOUNT_FIGURES = AccountFigures._fields[:-1]    # the float figures: the columns of a packed array
+EQUITY, CROSS_MM, CROSS_IM, CROSS_FEE, RISK_RATIO, AVAILABLE_BALANCE, TRANSFERABLE, TOTAL_EQUITY = \
+    range(len(ACCOUNT_FIGURES))
+
+
+def account_views(packed: np.ndarray, liquidate: np.ndarray) -> AccountFigures:
+    """AccountFigures whose float columns are views of a (n_wallets × ACCOUNT_FIGURES) array."""
+    return AccountFigures(*(packed[:, k] for k in range(len(ACCOUNT_FIGURES))), liquidate)
+
+
+# -- the model's formulas, each written once ----------------------------------------------------
 
 @njit(**JIT)
 def tier_of(notional, t0, t1, tier_floor):
@@ -35,6 +164,12 @@ def tier_of(notional, t0, t1, tier_floor):
 
 
 @njit(**JIT)
+def is_fraction_model(mm_fraction):
+    """Whether the instrument's mm is a fraction of its im (model §4.3): mm_fraction not NaN."""
+    return mm_fraction == mm_fraction
+
+
+@njit(**JIT)
 def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
     """(rate, cum) with mm = notional·rate − cum: tier k's, or fraction·IM (seed 003).
 
@@ -44,10 +179,17 @@ def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
     """
     rate = tier_mmr[k]
     cum = tier_cum[k]
-    if mm_fraction == mm_fraction:  # not NaN
+    if is_fraction_model(mm_fraction):
         rate = mm_fraction * inv_leverage
         cum = 0.0
     return rate, cum
+
+
+@njit(**JIT)
+def maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
+    """mm of a position of `notional` in tier k (model §4.2) or by the fraction model (§4.3)."""
+    rate, cum = mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
+    return notional * rate - cum
 
 
 @njit(**JIT)
@@ -60,8 +202,7 @@ def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_f
     upnl = direction * qty * (face_mark - entry_unit)
     im = notional * inv_leverage
     k = tier_of(notional, t0, t1, tier_floor)
-    rate, cum = mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
-    mm = notional * rate - cum
+    mm = maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
     fee = notional * taker
     if qty == 0.0:
         notional = 0.0
@@ -73,19 +214,67 @@ def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_f
 
 
 @njit(**JIT)
+def margin_balance(isolated_units, unit, upnl):
+    """An isolated position's margin balance (model §5.1): isolated_margin + upnl."""
+    return isolated_units * unit + upnl
+
+
+@njit(**JIT)
+def liquidates(cushion, fee, mm):
+    """The liquidation trigger (model §5): liquidate when cushion − fee ≤ mm. The only place
+    that says so; the isolated and cross conditions below add when it applies."""
+    return cushion - fee <= mm
+
+
+@njit(**JIT)
+def isolated_liquidates(qty, margin_balance, fee, mm):
+    """Model §5.1: a non-flat isolated position with margin_balance − fee ≤ mm."""
+    return qty != 0.0 and liquidates(margin_balance, fee, mm)
+
+
+@njit(**JIT)
+def cross_liquidates(has_cross, equity, cross_fee, cross_mm):
+    """Model §5.2: a wallet with a non-flat cross position and equity − cross_fee ≤ cross_mm."""
+    return has_cross and liquidates(equity, cross_fee, cross_mm)
+
+
+@njit(**JIT)
+def risk_ratio(is_open, cushion, mm, fee):
+    """(mm + fee) / cushion (model §5): 0 when nothing is open, ∞ when cushion ≤ 0. Isolated:
+    is_open = q ≠ 0, cushion = margin_balance; cross: a non-flat cross position, equity."""
+    if not is_open:
+        return 0.0
+    if cushion <= 0.0:
+        return np.inf
+    return (mm + fee) / cushion
+
+
+@njit(**JIT)
+def free_margin(equity, cross_im, order_margin):
+    """equity − cross_im − order_margin: available_balance before its floor at 0."""
+    return equity - cross_im - order_margin
+
+
+@njit(**JIT)
+def available_balance(equity, cross_im, order_margin):
+    """Model §5.2: max(0, equity − cross_im − order_margin)."""
+    return max(0.0, free_margin(equity, cross_im, order_margin))
+
+
+@njit(**JIT)
+def transferable(balance, equity, cross_mm, order_margin):
+    """Model §5.2: max(0, min(balance, equity − cross_mm − order_margin))."""
+    return max(0.0, min(balance, equity - cross_mm - order_margin))
+
+
+@njit(**JIT)
 def account_figures(balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin):
     """(equity, risk_ratio, available_balance, transferable, total_equity, liquidate) of a
     wallet from its sums (model §5)."""
     equity = balance + upnl_sum
-    if not has_cross:
-        risk_ratio = 0.0
-    elif equity <= 0.0:
-        risk_ratio = np.inf
-    else:
-        risk_ratio = (mm_sum + fee_sum) / equity
-    return (equity, risk_ratio, max(0.0, equity - im_sum - order_margin),
-            max(0.0, min(balance, equity - mm_sum - order_margin)), equity + iso_equity,
-            has_cross and equity - fee_sum <= mm_sum)
+    return (equity, risk_ratio(has_cross, equity, mm_sum, fee_sum),
+            available_balance(equity, im_sum, order_margin), transferable(balance, equity, mm_sum, order_margin),
+            equity + iso_equity, cross_liquidates(has_cross, equity, fee_sum, mm_sum))
 
 
 @njit(**JIT)
@@ -156,7 +345,7 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
             price = 1.0 / t if inverse else t
             return price if price < np.inf else np.nan
     n_legs = i1 - i0
-    tiered = mm_fraction != mm_fraction
+    tiered = not is_fraction_model(mm_fraction)
     k0 = t0
     k1 = t0
     t_now = 1.0 / mark if inverse else mark
@@ -209,18 +398,26 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
     return price if price < np.inf else np.nan
 
 
+
+# -- the scan's two passes ----------------------------------------------------------------------
+
 @njit(**JIT_PARALLEL)
-def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolated, isolated_units,
-                  symbol_unit, face_mark, direction, taker, mm_fraction,
-                  tier_start, tier_floor, tier_mmr, tier_cum, with_positions,
-                  p_notional, p_upnl, p_im, p_mm, p_fee, p_roe, p_margin_balance, p_risk_ratio, p_liquidate):
+def position_pass(rows, all_rows, pos, inst, marks, with_positions, out):
     """Per-position figures (model §4) and isolated checks (§5) for every row, or for `rows`.
 
+    pos: PositionColumns, inst: SymbolTable, marks: Marks, out: PositionFigures.
     Division-free: the symbol's face·P (face/P inverse) comes per tick in face_mark, the
-    position's face·E (face/E) and 1/leverage from the book. p_upnl, p_im, p_mm, p_fee and
-    p_liquidate are always written (the wallet pass sums them); the rest when with_positions.
-    A cross row's p_liquidate is set by wallet_pass.
+    position's face·E (face/E) and 1/leverage from the book. out's upnl, im, mm, fee and
+    liquidate are always written (the wallet pass sums them); the rest when with_positions.
+    A cross row's liquidate is set by wallet_pass.
     """
+    symbol, qty, entry_unit, inv_leverage = pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage
+    isolated, isolated_units = pos.isolated, pos.isolated_margin
+    symbol_unit, taker, mm_fraction = inst.unit, inst.taker, inst.mm_fraction
+    tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
+    face_mark, direction = marks.face_mark, marks.direction
+    p_notional, p_upnl, p_im, p_mm, p_fee = out.notional, out.upnl, out.im, out.mm, out.fee
+    p_roe, p_margin_balance, p_risk_ratio, p_liquidate = out.roe, out.margin_balance, out.risk_ratio, out.liquidate
     n = len(qty) if all_rows else len(rows)
     for j in prange(n):
         i = np.int64(j) if all_rows else rows[j]
@@ -235,16 +432,11 @@ def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolate
         p_fee[i] = fee
         liquidate = False
         if isolated[i]:
-            margin_balance = isolated_units[i] * symbol_unit[s] + upnl
-            liquidate = q != 0.0 and margin_balance - fee <= mm
+            balance = margin_balance(isolated_units[i], symbol_unit[s], upnl)
+            liquidate = isolated_liquidates(q, balance, fee, mm)
             if with_positions:
-                p_margin_balance[i] = margin_balance
-                if q == 0.0:
-                    p_risk_ratio[i] = 0.0
-                elif margin_balance <= 0.0:
-                    p_risk_ratio[i] = np.inf
-                else:
-                    p_risk_ratio[i] = (mm + fee) / margin_balance
+                p_margin_balance[i] = balance
+                p_risk_ratio[i] = risk_ratio(q != 0.0, balance, mm, fee)
         elif with_positions:
             p_margin_balance[i] = np.nan
             p_risk_ratio[i] = np.nan
@@ -255,17 +447,25 @@ def position_pass(rows, all_rows, symbol, qty, entry_unit, inv_leverage, isolate
 
 
 @njit(**JIT_PARALLEL)
-def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
-                symbol, qty, entry, leverage, isolated, isolated_units,
-                inverse, face, taker, mm_fraction, symbol_unit,
-                tier_start, tier_floor, tier_mmr, tier_cum, mark,
-                p_upnl, p_im, p_mm, p_fee, with_liq_price, p_liq_price, p_liquidate,
-                a_equity, a_cross_mm, a_cross_im, a_cross_fee, a_risk_ratio,
-                a_available, a_transferable, a_total_equity, a_liquidate,
-                with_sums, p_notional, w_state):
+def wallet_pass(wallets, wal, pos, inst, marks, fig, acct, with_liq_price, with_sums, w_state):
     """Account figures (model §5) of `wallets` from the position pass, cross flags onto their
     positions, and liquidation prices (§6). Each thread owns whole wallets: segmented sums.
-    with_sums also keeps each wallet's sums (the tick engine's starting point for deltas)."""
+
+    wal: WalletColumns, pos: PositionColumns, inst: SymbolTable, marks: Marks, fig: the
+    position pass's PositionFigures (liq_price and cross rows' liquidate written here),
+    acct: AccountFigures. with_sums also keeps each wallet's sums in w_state (n_wallets ×
+    WALLET_STATE: the tick engine's starting point for deltas)."""
+    pos_start, balance_units, wallet_unit, order_margin = wal.pos_start, wal.balance, wal.unit, wal.order_margin
+    symbol, qty, entry, leverage = pos.symbol, pos.qty, pos.entry_price, pos.leverage
+    isolated, isolated_units = pos.isolated, pos.isolated_margin
+    inverse, face, taker, mm_fraction, symbol_unit = inst.inverse, inst.face, inst.taker, inst.mm_fraction, inst.unit
+    tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
+    mark = marks.mark
+    p_upnl, p_im, p_mm, p_fee, p_notional = fig.upnl, fig.im, fig.mm, fig.fee, fig.notional
+    p_liq_price, p_liquidate = fig.liq_price, fig.liquidate
+    a_equity, a_cross_mm, a_cross_im, a_cross_fee = acct.equity, acct.cross_mm, acct.cross_im, acct.cross_fee
+    a_risk_ratio, a_available, a_transferable = acct.risk_ratio, acct.available_balance, acct.transferable
+    a_total_equity, a_liquidate = acct.total_equity, acct.liquidate
     for j in prange(len(wallets)):
         w = wallets[j]
         start, end = pos_start[w], pos_start[w + 1]
@@ -277,7 +477,7 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
         has_cross = False
         for i in range(start, end):
             if isolated[i]:
-                iso_equity += isolated_units[i] * symbol_unit[symbol[i]] + p_upnl[i]
+                iso_equity += margin_balance(isolated_units[i], symbol_unit[symbol[i]], p_upnl[i])
             else:
                 upnl_sum += p_upnl[i]
                 mm_sum += p_mm[i]
@@ -285,15 +485,15 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 fee_sum += p_fee[i]
                 has_cross = has_cross or qty[i] != 0.0
         balance = balance_units[w] * wallet_unit[w]
-        equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
+        equity, ratio, available, transfer, total_equity, liquidate = account_figures(
             balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin[w])
         a_equity[w] = equity
         a_cross_mm[w] = mm_sum
         a_cross_im[w] = im_sum
         a_cross_fee[w] = fee_sum
-        a_risk_ratio[w] = risk_ratio
+        a_risk_ratio[w] = ratio
         a_available[w] = available
-        a_transferable[w] = transferable
+        a_transferable[w] = transfer
         a_total_equity[w] = total_equity
         a_liquidate[w] = liquidate
         if with_sums:
@@ -362,17 +562,26 @@ def wallet_pass(wallets, pos_start, balance_units, wallet_unit, order_margin,
                 g0 = g1
 
 
+# -- the tick engine ----------------------------------------------------------------------------
+
 @njit(**JIT_PARALLEL)
-def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
-              s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
-              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state, sym_rows, p_liquidate,
-              s_became):
-    """A tick's rows, symbol-major (each symbol's rows one contiguous slice, grouped by
-    wallet): new figures, and each row's change added to its wallet's running state. An
-    isolated row's flag is also written in book order, and s_became marks the rows that
-    became liquidatable (the engine's events).
+def tick_positions(starts, ends, rows, run, inst, marks, w_state, book_rows, book_liquidate, became):
+    """A tick's rows, symbol-major (each symbol's rows one contiguous slice starts[g]:ends[g],
+    grouped by wallet): new figures, and each row's change added to its wallet's running state.
+
+    rows: PositionColumns (symbol-major; wallet, symbol, qty, entry_unit, inv_leverage,
+    isolated, isolated_margin are read), run: RunningFigures (updated), inst: SymbolTable,
+    marks: Marks (face_mark, direction), w_state: n_wallets × WALLET_STATE. An isolated row's
+    flag is also written in book order (book_liquidate[book_rows[j]]), and became marks the
+    rows that became liquidatable (the engine's events).
     Symbols go one after another (a wallet may hold several); within a symbol, chunks cut at
     wallet boundaries run in parallel, so no two threads ever add to one wallet."""
+    s_symbol, s_qty, s_entry_unit, s_inv_leverage = rows.symbol, rows.qty, rows.entry_unit, rows.inv_leverage
+    s_isolated, s_isolated_units, s_wallet = rows.isolated, rows.isolated_margin, rows.wallet
+    symbol_unit, taker, mm_fraction = inst.unit, inst.taker, inst.mm_fraction
+    tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
+    face_mark, direction = marks.face_mark, marks.direction
+    s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate = run.upnl, run.mm, run.im, run.fee, run.notional, run.liquidate
     chunks = 8
     for g in range(len(starts)):
         lo, hi = starts[g], ends[g]
@@ -392,17 +601,17 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
                 w = s_wallet[j]
                 if s_isolated[j]:
                     w_state[w, ISO_UPNL] += upnl - s_upnl[j]
-                    flag = q != 0.0 and s_isolated_units[j] * symbol_unit[s] + upnl - fee <= mm
-                    s_became[j] = flag and not s_liquidate[j]
+                    flag = isolated_liquidates(q, margin_balance(s_isolated_units[j], symbol_unit[s], upnl), fee, mm)
+                    became[j] = flag and not s_liquidate[j]
                     s_liquidate[j] = flag
-                    p_liquidate[sym_rows[j]] = flag
+                    book_liquidate[book_rows[j]] = flag
                 else:
                     w_state[w, UPNL] += upnl - s_upnl[j]
                     w_state[w, MM] += mm - s_mm[j]
                     w_state[w, IM] += im - s_im[j]
                     w_state[w, FEE] += fee - s_fee[j]
                     w_state[w, NOTIONAL] += notional - s_notional[j]
-                    s_became[j] = False
+                    became[j] = False
                 s_upnl[j] = upnl
                 s_mm[j] = mm
                 s_im[j] = im
@@ -411,22 +620,48 @@ def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_iso
 
 
 @njit(**JIT_PARALLEL)
-def tick_wallets(wallets, w_state, accounts, a_liquidate, became):
-    """Account figures of `wallets` from their running state, into the packed `accounts`
-    rows (equity, cross_mm, cross_im, cross_fee, risk_ratio, available_balance, transferable,
-    total_equity); became[j]: wallets[j] became liquidatable."""
+def tick_accounts(wallets, w_state, acct, became):
+    """Account figures of `wallets` from their running state (n_wallets × WALLET_STATE) into
+    acct (AccountFigures); became[j]: wallets[j] became liquidatable."""
+    a_equity, a_cross_mm, a_cross_im, a_cross_fee = acct.equity, acct.cross_mm, acct.cross_im, acct.cross_fee
+    a_risk_ratio, a_available, a_transferable = acct.risk_ratio, acct.available_balance, acct.transferable
+    a_total_equity, a_liquidate = acct.total_equity, acct.liquidate
     for j in prange(len(wallets)):
         w = wallets[j]
-        equity, risk_ratio, available, transferable, total_equity, liquidate = account_figures(
+        equity, ratio, available, transfer, total_equity, liquidate = account_figures(
             w_state[w, BALANCE], w_state[w, UPNL], w_state[w, MM], w_state[w, IM], w_state[w, FEE],
             w_state[w, ISO_MARGIN] + w_state[w, ISO_UPNL], w_state[w, OPEN_CROSS] != 0.0, w_state[w, ORDER_MARGIN])
-        accounts[w, 0] = equity
-        accounts[w, 1] = w_state[w, MM]
-        accounts[w, 2] = w_state[w, IM]
-        accounts[w, 3] = w_state[w, FEE]
-        accounts[w, 4] = risk_ratio
-        accounts[w, 5] = available
-        accounts[w, 6] = transferable
-        accounts[w, 7] = total_equity
+        a_equity[w] = equity
+        a_cross_mm[w] = w_state[w, MM]
+        a_cross_im[w] = w_state[w, IM]
+        a_cross_fee[w] = w_state[w, FEE]
+        a_risk_ratio[w] = ratio
+        a_available[w] = available
+        a_transferable[w] = transfer
+        a_total_equity[w] = total_equity
         became[j] = liquidate and not a_liquidate[w]
         a_liquidate[w] = liquidate
+
+
+# -- the engine's former signatures (until riskcore/engine passes the structs itself) -------------
+
+_NONE_F = np.zeros(0)
+_NONE_B = np.zeros(0, dtype=bool)
+
+
+def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
+              s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
+              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state, sym_rows, p_liquidate,
+              s_became):
+    """tick_positions with its structs spelled out as 28 arrays (the engine's call before the split)."""
+    rows = PositionColumns(s_wallet, s_symbol, s_qty, _NONE_F, _NONE_F, s_entry_unit, s_inv_leverage, s_isolated,
+                           s_isolated_units)
+    inst = SymbolTable(_NONE_B, _NONE_F, taker, mm_fraction, symbol_unit, tier_start, tier_floor, tier_mmr,
+                       tier_cum, _NONE_F)
+    tick_positions(starts, ends, rows, RunningFigures(s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate), inst,
+                   Marks(_NONE_F, face_mark, direction), w_state, sym_rows, p_liquidate, s_became)
+
+
+def tick_wallets(wallets, w_state, accounts, a_liquidate, became):
+    """tick_accounts into a packed (n_wallets × ACCOUNT_FIGURES) array (the engine's call before the split)."""
+    tick_accounts(wallets, w_state, account_views(accounts, a_liquidate), became)

@@ -7,18 +7,22 @@ request gets one outcome; a rejected request changes nothing; money moves in exa
 """
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 from numba import njit, prange
 
-from .book import SIDES, Book, wallet_of
+from .book import MODES, SIDES, Book, wallet_of
 from .config import JIT, JIT_PARALLEL
 from .errors import BookError
-from .kernels import UPNL, WALLET_STATE, tier_of
+from .keys import group_key, group_range, position_key
+from .kernels import (IM, MM, UPNL, WALLET_STATE, PositionColumns, SymbolTable, WalletColumns, available_balance,
+                      free_margin, is_fraction_model, isolated_liquidates, maintenance_margin, margin_balance,
+                      tier_of, transferable)
 from .money import to_units, units_to_decimal
 from .scan import ScanArrays, scan_into
-from .tables import as_float64, as_frame, int_col, str_col
+from .tables import as_float64, as_frame, int_col, lookup, str_col
 
 OPS = ("add_margin", "remove_margin", "set_leverage", "set_margin_mode", "transfer_in", "transfer_out")
 ADD, REMOVE, LEVERAGE, MODE, TRANSFER_IN, TRANSFER_OUT = range(len(OPS))
@@ -44,16 +48,49 @@ def sub_overflows(a, b):
     return (b < 0 and a > INT64_MAX + b) or (b > 0 and a < INT64_MIN + b)
 
 
+@njit(**JIT)
+def removal_unsafe(qty, margin_after, fee, mm):
+    """remove_margin's check (model §7.3): the position would be liquidatable with
+    `margin_after` as its margin balance (the one trigger), or a figure is NaN (overflowed
+    inputs), so the removal is not proven safe."""
+    return isolated_liquidates(qty, margin_after, fee, mm) or (
+        qty != 0.0 and not (margin_after - fee == margin_after - fee and mm == mm))
+
+
+class Requests(NamedTuple):
+    """A request batch resolved to dense ids, as apply_kernel takes it (one row per request;
+    reason is in and out: non-zero when rejected while preparing the table)."""
+    group_start: np.ndarray        # int64: order[group_start[g]:group_start[g+1]] are one wallet's requests
+    order: np.ndarray              # int64 request indices, wallet by wallet, in batch order
+    op: np.ndarray                 # int8, OPS
+    row: np.ndarray                # int64 position row (set_margin_mode: first row of the group)
+    row_end: np.ndarray            # int64 (set_margin_mode: end of the group's rows)
+    value: np.ndarray              # float: a leverage
+    units: np.ndarray              # int64 money units of a money op
+    target_isolated: np.ndarray    # bool, set_margin_mode
+    wallet: np.ndarray             # int64
+    has_orders: np.ndarray         # bool: resting orders in the (wallet, symbol)
+    reason: np.ndarray             # int8, REASONS
+    accepted: np.ndarray           # bool, out
+    moved: np.ndarray              # int64 money units, out
+
+
 @njit(**JIT_PARALLEL)
-def apply_kernel(group_start, order, op, row, row_end, value, units, target_isolated, reason,
-                 wallet, balance, wallet_unit, order_margin, has_orders,
-                 symbol, qty, leverage, isolated, isolated_margin, symbol_unit,
-                 notional, upnl, im, mm, fee, mm_fraction, tier_start, tier_floor, tier_max_leverage,
-                 equity_upnl, cross_im, cross_mm,
-                 accepted, moved):
-    """Apply requests grouped by wallet (`order` lists request indices, wallet by wallet, in
-    batch order). Per-wallet state (balance, Σ cross upnl, cross im/mm) is updated as
+def apply_kernel(req, wal, pos, inst, fig, state):
+    """Apply requests grouped by wallet (req: Requests). The book's columns come as copies the
+    kernel changes in place: wal (WalletColumns: balance), pos (PositionColumns: leverage,
+    isolated, isolated_margin), fig (PositionFigures at the book's marks: im, mm) and state
+    (the scan's n_wallets × WALLET_STATE sums: UPNL, IM, MM). Per-wallet state is updated as
     requests are accepted, so each check sees every earlier request of its wallet."""
+    group_start, order, op, row, row_end = req.group_start, req.order, req.op, req.row, req.row_end
+    value, units, target_isolated, reason = req.value, req.units, req.target_isolated, req.reason
+    wallet, has_orders, accepted, moved = req.wallet, req.has_orders, req.accepted, req.moved
+    balance, wallet_unit, order_margin = wal.balance, wal.unit, wal.order_margin
+    symbol, qty, leverage, isolated, isolated_margin = pos.symbol, pos.qty, pos.leverage, pos.isolated, \
+        pos.isolated_margin
+    symbol_unit, mm_fraction, tier_start, tier_floor = inst.unit, inst.mm_fraction, inst.tier_start, inst.tier_floor
+    tier_mmr, tier_cum, tier_max_leverage = inst.tier_mmr, inst.tier_cum, inst.tier_max_leverage
+    notional, upnl, im, mm, fee = fig.notional, fig.upnl, fig.im, fig.mm, fig.fee
     for g in prange(len(group_start) - 1):
         for j in range(group_start[g], group_start[g + 1]):
             r = order[j]
@@ -61,10 +98,10 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                 continue
             w = wallet[r]
             unit = wallet_unit[w]
-            equity = balance[w] * unit + equity_upnl[w]
+            equity = balance[w] * unit + state[w, UPNL]
             om = order_margin[w]
-            available = max(0.0, equity - cross_im[w] - om)
-            transferable = max(0.0, min(balance[w] * unit, equity - cross_mm[w] - om))
+            available = available_balance(equity, state[w, IM], om)
+            can_transfer = transferable(balance[w] * unit, equity, state[w, MM], om)
             p = row[r]
             k = op[r]
             amount = 0
@@ -76,7 +113,7 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                     amount = units[r]
                     balance[w] += amount
             elif k == TRANSFER_OUT:
-                if units[r] * unit > transferable:
+                if units[r] * unit > can_transfer:
                     code = SHORT_TRANSFERABLE
                 elif sub_overflows(balance[w], units[r]):
                     code = WOULD_OVERFLOW
@@ -101,8 +138,8 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                     code = NOT_ISOLATED
                 elif units[r] > isolated_margin[p]:
                     code = SHORT_MARGIN
-                elif qty[p] != 0.0 and not (
-                        (isolated_margin[p] - units[r]) * symbol_unit[symbol[p]] + upnl[p] - fee[p] > mm[p]):
+                elif removal_unsafe(qty[p], margin_balance(isolated_margin[p] - units[r], symbol_unit[symbol[p]],
+                                                           upnl[p]), fee[p], mm[p]):
                     code = WOULD_LIQUIDATE
                 elif add_overflows(balance[w], units[r]) or sub_overflows(isolated_margin[p], units[r]):
                     code = WOULD_OVERFLOW
@@ -119,11 +156,11 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                 else:
                     new_im = notional[p] / lev
                     new_mm = mm[p]
-                    if mm_fraction[s] == mm_fraction[s]:  # fraction model: mm follows leverage
-                        new_mm = mm_fraction[s] * new_im
+                    if is_fraction_model(mm_fraction[s]):  # fraction model: mm follows leverage
+                        new_mm = maintenance_margin(notional[p], t, 1.0 / lev, mm_fraction[s], tier_mmr, tier_cum)
                     if isolated[p]:
                         # lowering leverage: top the margin up to N/L from the cross wallet (seed 004)
-                        have = isolated_margin[p] * symbol_unit[s] + upnl[p]
+                        have = margin_balance(isolated_margin[p], symbol_unit[s], upnl[p])
                         if lev < leverage[p] and have < new_im:
                             need_units = np.ceil((new_im - have) / unit)
                             need = np.int64(need_units) if need_units < 2.0**63 else INT64_MAX
@@ -136,12 +173,12 @@ def apply_kernel(group_start, order, op, row, row_end, value, units, target_isol
                                 amount = need
                                 balance[w] -= need
                                 isolated_margin[p] += need
-                    elif lev < leverage[p] and equity - (cross_im[w] - im[p] + new_im) - om < 0.0:
+                    elif lev < leverage[p] and free_margin(equity, state[w, IM] - im[p] + new_im, om) < 0.0:
                         code = SHORT_AVAILABLE
                     if code == 0:
                         if not isolated[p]:
-                            cross_im[w] += new_im - im[p]
-                            cross_mm[w] += new_mm - mm[p]
+                            state[w, IM] += new_im - im[p]
+                            state[w, MM] += new_mm - mm[p]
                         im[p] = new_im
                         mm[p] = new_mm
                         leverage[p] = lev
@@ -233,17 +270,17 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
     asset_text = str_col(df, table, "asset", "USDT").cast(pl.String).to_numpy()
 
     inst, wal, pos = book.instruments, book.wallets, book.positions
-    op = _codes(op_text, OPS)
+    op = lookup(op_text, OPS)
     reason = np.where(op < 0, UNKNOWN_OP, OK).astype(np.int8)
     transfer = (op == TRANSFER_IN) | (op == TRANSFER_OUT)
-    sym = _codes(symbol_text, inst.symbol)
+    sym = lookup(symbol_text, inst.symbol)
     reason[(reason == OK) & ~transfer & (sym < 0)] = UNKNOWN_SYMBOL
-    asset = np.where(transfer, _codes(asset_text, book.assets),
+    asset = np.where(transfer, lookup(asset_text, book.assets),
                      np.where(sym < 0, -1, inst.settle_asset[np.maximum(sym, 0)]))
     w = wallet_of(account_id, asset.astype(np.int32), book.wallets)
     reason[(reason == OK) & ((w < 0) | (asset < 0))] = UNKNOWN_ACCOUNT
-    side = _codes(side_text, SIDES)
-    mode = _codes(mode_text, ("cross", "isolated"))
+    side = lookup(side_text, SIDES)
+    mode = lookup(mode_text, MODES)
     scale = book.asset_scale[np.maximum(asset, 0)]
     with np.errstate(invalid="ignore", over="ignore"):
         money_op = (op == ADD) | (op == REMOVE) | transfer
@@ -259,52 +296,45 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
 
     # position rows: (wallet, symbol, side) for position ops; the (wallet, symbol) range for modes
     n_sym = len(inst)
-    pos_keys = (pos.wallet.astype(np.int64) * n_sym + pos.symbol) * len(SIDES) + pos.side
-    group = (np.maximum(w, 0).astype(np.int64) * n_sym + np.maximum(sym, 0)) * len(SIDES)
-    row = np.where(op == MODE, _search(pos_keys, group), _lookup(pos_keys, group + np.maximum(side, 0)))
-    row_end = np.where(op == MODE, _search(pos_keys, group + len(SIDES)), row + 1)
+    w0, s0 = np.maximum(w, 0), np.maximum(sym, 0)
+    pos_keys = position_key(pos.wallet, pos.symbol, pos.side, n_sym)
+    first, end = group_range(w0, s0, n_sym)
+    row = np.where(op == MODE, _search(pos_keys, first),
+                   _lookup(pos_keys, position_key(w0, s0, np.maximum(side, 0), n_sym)))
+    row_end = np.where(op == MODE, _search(pos_keys, end), row + 1)
     no_row = np.where(op == MODE, row_end <= row, (row < 0) | (side < 0))
     reason[(reason == OK) & ~transfer & no_row] = UNKNOWN_POSITION
-    order_keys = np.sort(book.orders.wallet.astype(np.int64) * n_sym + book.orders.symbol)
-    has_orders = _lookup(order_keys, group // len(SIDES)) >= 0
-
+    order_keys = np.sort(group_key(book.orders.wallet, book.orders.symbol, n_sym))
+    has_orders = _lookup(order_keys, group_key(w0, s0, n_sym)) >= 0
 
     out = ScanArrays.empty(len(pos), len(wal))
-    state = np.zeros((len(wal), WALLET_STATE))
+    state = np.zeros((len(wal), WALLET_STATE))  # the kernel's running Σ cross upnl, im, mm per wallet
     scan_into(book, book.mark, out, with_liq_price=False, sums=state)
-    p, a = out.positions, out.accounts
+    fig = out.position_figures()
+    fig = fig._replace(im=fig.im.copy(), mm=fig.mm.copy())
     balance, iso_margin = wal.balance.copy(), pos.isolated_margin.copy()
     leverage, isolated = pos.leverage.copy(), pos.isolated.copy()
-    equity_upnl = state[:, UPNL]  # Σ cross upnl per wallet, as the wallet pass summed it
     by_wallet = np.argsort(np.where(w < 0, -1, w), kind="stable")
     wallet_sorted = np.where(w < 0, -1, w)[by_wallet]
     group_start = np.flatnonzero(np.r_[True, wallet_sorted[1:] != wallet_sorted[:-1], True]) if n else np.zeros(1, np.int64)
     accepted = np.zeros(n, dtype=bool)
     moved = np.zeros(n, dtype=np.int64)
-    apply_kernel(group_start.astype(np.int64), by_wallet.astype(np.int64), op.astype(np.int8),
-                 np.maximum(row, 0).astype(np.int64), row_end.astype(np.int64), value, units, mode == 1, reason,
-                 np.maximum(w, 0).astype(np.int64), balance, book.wallet_unit, wal.order_margin, has_orders,
-                 pos.symbol, pos.qty, leverage, isolated, iso_margin, book.symbol_unit,
-                 p["notional"], p["upnl"], p["im"].copy(), p["mm"].copy(), p["fee"], inst.mm_im_fraction,
-                 inst.tier_start, inst.tier_floor, inst.tier_max_leverage,
-                 equity_upnl, a["cross_im"].copy(), a["cross_mm"].copy(), accepted, moved)
+    req = Requests(group_start.astype(np.int64), by_wallet.astype(np.int64), op.astype(np.int8),
+                   np.maximum(row, 0).astype(np.int64), row_end.astype(np.int64), value, units, mode == 1,
+                   w0.astype(np.int64), has_orders, reason, accepted, moved)
+    apply_kernel(req, WalletColumns.of(book)._replace(balance=balance),
+                 PositionColumns.of(pos)._replace(leverage=leverage, isolated=isolated, isolated_margin=iso_margin),
+                 SymbolTable.of(book), fig, state)
 
     # entry prices are untouched, so only 1/leverage is re-derived; nothing is shared with `book`
     new = replace(book, wallets=replace(wal, balance=balance),
                   positions=replace(pos, leverage=leverage, isolated=isolated, isolated_margin=iso_margin,
                                     entry_unit=pos.entry_unit.copy(), inv_leverage=1.0 / leverage))
-    top = int(book.asset_scale.max()) if len(book.asset_scale) else 8
     asset_names = np.array(book.assets + [None], dtype=object)
     outcomes = pl.DataFrame({
         "request_id": request_id, "accepted": accepted,
         "reason": pl.Series(np.array(REASONS, dtype=object)[reason].tolist(), dtype=pl.String).replace("", None),
         "asset": asset_names[np.where(asset < 0, -1, asset)].tolist(),
-        "amount": pl.from_arrow(units_to_decimal(moved, top, scale)),
+        "amount": pl.from_arrow(units_to_decimal(moved, book.output_scale, scale)),
     }, schema_overrides={"asset": pl.String})
     return new, outcomes
-
-
-def _codes(text: np.ndarray, categories) -> np.ndarray:
-    """Index of each text in categories, -1 where absent (malformed requests are rejected, not raised)."""
-    index = {c: i for i, c in enumerate(categories)}
-    return pl.Series(text, dtype=pl.String).replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()

@@ -7,12 +7,10 @@ import numpy as np
 import polars as pl
 
 from .book import MODES, SIDES, Book
-from .kernels import position_pass, wallet_pass
+from .kernels import (ACCOUNT_FIGURES, POSITION_FIGURES, AccountFigures, Marks, PositionColumns, PositionFigures,
+                      SymbolTable, WalletColumns, account_views, position_pass, wallet_pass)
 from .tables import categorical
 
-POSITION_FIGURES = ("notional", "upnl", "im", "mm", "fee", "roe", "margin_balance", "risk_ratio", "liq_price")
-ACCOUNT_FIGURES = ("equity", "cross_mm", "cross_im", "cross_fee", "risk_ratio", "available_balance",
-                   "transferable", "total_equity")
 NULL_WHEN_NAN = ("margin_balance", "risk_ratio", "liq_price")  # null for cross rows / no solution
 
 
@@ -28,12 +26,20 @@ class ScanArrays:
         (columns in ACCOUNT_FIGURES order), as the tick engine keeps them."""
         pos = {name: np.empty(n_positions) for name in POSITION_FIGURES}
         pos["liquidate"] = np.zeros(n_positions, dtype=bool)
+        liquidate = np.zeros(n_wallets, dtype=bool)
         if packed_accounts is None:
-            acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES}
+            acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES} | {"liquidate": liquidate}
         else:
-            acct = {name: packed_accounts[:, k] for k, name in enumerate(ACCOUNT_FIGURES)}
-        acct["liquidate"] = np.zeros(n_wallets, dtype=bool)
+            acct = account_views(packed_accounts, liquidate)._asdict()
         return cls(pos, acct)
+
+    def position_figures(self) -> PositionFigures:
+        """The position buffers as the kernels take them."""
+        return PositionFigures(**self.positions)
+
+    def account_figures(self) -> AccountFigures:
+        """The account buffers as the kernels take them."""
+        return AccountFigures(**self.accounts)
 
 
 def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: bool = True,
@@ -42,28 +48,19 @@ def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: boo
     """Run both kernel passes at `mark`, writing into `out`: over the whole book, or over
     `rows` (positions) and then `wallets` (which must hold every wallet of those rows).
     `sums` (n_wallets × kernels.WALLET_STATE) also records each wallet's running state."""
-    inst, wal, pos = book.instruments, book.wallets, book.positions
-    p, a = out.positions, out.accounts
-    face_mark, direction = book.face_mark(mark)
+    pos = PositionColumns.of(book.positions)
+    inst = SymbolTable.of(book)
+    marks = Marks(mark, *book.face_mark(mark))
+    fig = out.position_figures()
     all_rows = rows is None
     if wallets is None:
-        wallets = np.arange(len(wal), dtype=np.int64)
-    position_pass(np.empty(0, np.int64) if all_rows else rows, all_rows, pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage,
-                  pos.isolated, pos.isolated_margin, book.symbol_unit, face_mark, direction,
-                  inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
-                  inst.tier_cum, with_positions,
-                  p["notional"], p["upnl"], p["im"], p["mm"], p["fee"], p["roe"], p["margin_balance"],
-                  p["risk_ratio"], p["liquidate"])
-    wallet_pass(wallets, wal.pos_start, wal.balance, book.wallet_unit,
-                wal.order_margin, pos.symbol, pos.qty, pos.entry_price, pos.leverage, pos.isolated,
-                pos.isolated_margin, inst.inverse, inst.face_value, inst.taker_fee_rate, inst.mm_im_fraction,
-                book.symbol_unit, inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, mark,
-                p["upnl"], p["im"], p["mm"], p["fee"], with_positions and with_liq_price, p["liq_price"],
-                p["liquidate"], a["equity"], a["cross_mm"], a["cross_im"], a["cross_fee"], a["risk_ratio"],
-                a["available_balance"], a["transferable"], a["total_equity"], a["liquidate"],
-                sums is not None, p["notional"], sums if sums is not None else _NO_SUMS)
+        wallets = np.arange(len(book.wallets), dtype=np.int64)
+    position_pass(_NO_ROWS if all_rows else rows, all_rows, pos, inst, marks, with_positions, fig)
+    wallet_pass(wallets, WalletColumns.of(book), pos, inst, marks, fig, out.account_figures(),
+                with_positions and with_liq_price, sums is not None, sums if sums is not None else _NO_SUMS)
 
 
+_NO_ROWS = np.empty(0, np.int64)
 _NO_SUMS = np.zeros((0, 1))
 
 

@@ -25,6 +25,7 @@ from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions
 from .config import DEFAULT_ASSET
 from .errors import BookError, MoneyOverflowError
 from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, str_col
+from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
 from .io import money_column, positions_table, read_table, table_path
 from .output import output_dir
 from .money import add_overflows, add_split, decimal_places, exact_amounts, exact_total, split_sum
@@ -132,7 +133,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
     keys, groups = [], []
     part = 0
-    scale = int(head.asset_scale.max()) if len(head.asset_scale) else 8
+    scale = head.output_scale
     ledger_schema = pa.schema([("settlement_id", pa.string()), ("account_id", pa.int64()), ("asset", pa.string()),
                                ("symbol", pa.string()), ("position_side", pa.string()), ("kind", pa.string()),
                                ("amount", pa.decimal128(38, scale))])
@@ -159,10 +160,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 except MoneyOverflowError as e:  # rows of the file, not of the sorted batch
                     raise MoneyOverflowError(str(f), e.column, e.problem,
                                              offset + _position_file_rows(df, head, pos, e.rows, str(f))) from None
-                n_sym = len(head.instruments)
-                group = pos.wallet.astype(np.int64) * n_sym + pos.symbol
-                keys.append(group * len(SIDES) + pos.side)
-                groups.append(group * 2 + pos.isolated)
+                keys.append(position_key(pos.wallet, pos.symbol, pos.side, len(head.instruments)))
+                groups.append(mode_key(group_key(pos.wallet, pos.symbol, len(head.instruments)), pos.isolated))
                 t = time.perf_counter()
                 positions_table(head, pos).write_parquet(tmp / "positions" / f"part-{part:05d}.parquet")
                 ledger_file.write_table(ledger.with_columns(pl.lit(settlement_id).alias("settlement_id")).select(
@@ -176,8 +175,9 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         _check_across_parts(keys, groups, str(pos_path))
         if orders is not None:  # one margin mode per account and symbol across positions and orders
             g = pl.Series(np.concatenate(groups) if groups else np.zeros(0, np.int64)).unique().to_numpy()
-            n_sym = len(head.instruments)
-            held = SimpleNamespace(wallet=g // 2 // n_sym, symbol=g // 2 % n_sym, isolated=g % 2 == 1)
+            group, isolated = decode_mode_key(g)
+            wallet, symbol = decode_group(group, len(head.instruments))
+            held = SimpleNamespace(wallet=wallet, symbol=symbol, isolated=isolated)
             _load_orders(orders, head.instruments, head.wallets, held, str(orders_path))
         t = time.perf_counter()
         ledger_file.write_table(_house_rows(head, sums, steps, settlement_id).select(ledger_schema.names)
@@ -309,8 +309,8 @@ def _position_file_rows(df, book, pos, rows, t) -> np.ndarray:
     sym = codes(str_col(df, t, "symbol"), book.instruments.symbol, t, "unknown symbol")
     side = codes(str_col(df, t, "position_side", "both"), list(SIDES), t, "bad position_side")
     w = wallet_of(int_col(df, t, "account_id"), book.instruments.settle_asset[sym], book.wallets)
-    key = (w * len(book.instruments) + sym) * len(SIDES) + side
-    want = (pos.wallet[rows].astype(np.int64) * len(book.instruments) + pos.symbol[rows]) * len(SIDES) + pos.side[rows]
+    key = position_key(w, sym, side, len(book.instruments))
+    want = position_key(pos.wallet[rows], pos.symbol[rows], pos.side[rows], len(book.instruments))
     return np.sort(np.flatnonzero(np.isin(key, want)))
 
 
@@ -326,9 +326,8 @@ def _house_rows(book, sums, steps, settlement_id) -> pl.DataFrame:
     asset_ids = [a for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
     kinds = [k for k in steps for a in range(len(book.assets)) if sums[k][a] != 0]
     units = [-int(sums[k][a]) for k, a in zip(kinds, asset_ids)]  # exact: may exceed int64 (many accounts)
-    top = int(book.asset_scale.max()) if len(book.asset_scale) else 8
     amount = pl.from_arrow(pa.array([_decimal(u, book.asset_scale[a]) for u, a in zip(units, asset_ids)],
-                                    type=pa.decimal128(38, top)))
+                                    type=pa.decimal128(38, book.output_scale)))
     return pl.DataFrame({
         "settlement_id": [settlement_id] * len(units), "account_id": [HOUSE_ACCOUNT_ID] * len(units),
         "asset": [book.assets[a] for a in asset_ids], "symbol": [None] * len(units),
@@ -346,5 +345,6 @@ def _check_across_parts(keys, groups, table):
         raise BookError(table, "position_side", "(account_id, symbol, position_side) listed twice across parts")
     g = sorted_values(groups)
     g = g[np.r_[True, g[1:] != g[:-1]]] if len(g) else g
-    if len(g) and np.any((g[1:] // 2) == (g[:-1] // 2)):
+    group = decode_mode_key(g)[0]
+    if len(g) and np.any(group[1:] == group[:-1]):
         raise BookError(table, "margin_mode", "one account holds a symbol both cross and isolated (across parts)")

@@ -245,25 +245,37 @@ def float_col(df: pl.DataFrame, table: str, name: str, default: float | None = N
     return x
 
 
-def codes(values: pl.Series, categories: list[str], table: str, problem: str) -> np.ndarray:
-    """Map text to its index in `categories`; any value not there is an error.
+def lookup(values, categories) -> np.ndarray:
+    """Index (int64) of each text in `categories`, -1 where absent or null: the lenient
+    name → id lookup (requests and ticks reject such rows instead of raising). `values` is a
+    polars Series or anything polars makes a text Series of.
 
     Works on the Arrow dictionary (built by hashing when the column is plain text), so the
     per-row work is one integer gather however long the strings are.
     """
+    if not isinstance(values, pl.Series):
+        values = pl.Series(values, dtype=pl.String)
     arr = values.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not isinstance(arr, pa.DictionaryArray):
         arr = pc.dictionary_encode(arr)
+    if not len(arr):
+        return np.empty(0, np.int64)
     index = {c: i for i, c in enumerate(categories)}
-    lut = np.array([index.get(v, -1) for v in arr.dictionary.to_pylist()] + [-1], dtype=np.int32)
-    mapped = lut[arr.indices.to_numpy(zero_copy_only=False)] if len(arr) else np.empty(0, np.int32)
+    lut = np.array([index.get(v, -1) for v in arr.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    return lut[pc.fill_null(arr.indices, len(arr.dictionary)).to_numpy(zero_copy_only=False)]
+
+
+def codes(values: pl.Series, categories: list[str], table: str, problem: str) -> np.ndarray:
+    """Map text to its index (int32) in `categories`; any value not there is an error (the
+    strict lookup: BookError naming the table, the column, a few values and every row)."""
+    mapped = lookup(values, categories)
     missing = mapped < 0
     if missing.any():
         shown = sorted({str(values[int(i)]) for i in np.flatnonzero(missing)[:1000]})[:5]
         raise BookError(table, values.name, f"{problem}: {', '.join(shown)}", np.flatnonzero(missing))
-    return mapped
+    return mapped.astype(np.int32)
 
 
 def group_violations(sorted_idx: np.ndarray, starts: np.ndarray, bad_group: np.ndarray) -> np.ndarray:
