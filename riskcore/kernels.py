@@ -620,48 +620,23 @@ def tick_positions(starts, ends, rows, run, inst, marks, w_state, book_rows, boo
 
 
 @njit(**JIT_PARALLEL)
-def tick_accounts(wallets, w_state, acct, became):
+def tick_accounts(wallets, w_state, packed, liquidates, became):
     """Account figures of `wallets` from their running state (n_wallets × WALLET_STATE) into
-    acct (AccountFigures); became[j]: wallets[j] became liquidatable."""
-    a_equity, a_cross_mm, a_cross_im, a_cross_fee = acct.equity, acct.cross_mm, acct.cross_im, acct.cross_fee
-    a_risk_ratio, a_available, a_transferable = acct.risk_ratio, acct.available_balance, acct.transferable
-    a_total_equity, a_liquidate = acct.total_equity, acct.liquidate
+    `packed` (n_wallets × ACCOUNT_FIGURES, one row per wallet: a wallet is two cache lines)
+    and `liquidates`; became[j]: wallets[j] became liquidatable. Plain arrays, not the
+    AccountFigures struct: a tick pays for every array of a struct it hands over."""
     for j in prange(len(wallets)):
         w = wallets[j]
         equity, ratio, available, transfer, total_equity, liquidate = account_figures(
             w_state[w, BALANCE], w_state[w, UPNL], w_state[w, MM], w_state[w, IM], w_state[w, FEE],
             w_state[w, ISO_MARGIN] + w_state[w, ISO_UPNL], w_state[w, OPEN_CROSS] != 0.0, w_state[w, ORDER_MARGIN])
-        a_equity[w] = equity
-        a_cross_mm[w] = w_state[w, MM]
-        a_cross_im[w] = w_state[w, IM]
-        a_cross_fee[w] = w_state[w, FEE]
-        a_risk_ratio[w] = ratio
-        a_available[w] = available
-        a_transferable[w] = transfer
-        a_total_equity[w] = total_equity
-        became[j] = liquidate and not a_liquidate[w]
-        a_liquidate[w] = liquidate
-
-
-# -- the engine's former signatures (until riskcore/engine passes the structs itself) -------------
-
-_NONE_F = np.zeros(0)
-_NONE_B = np.zeros(0, dtype=bool)
-
-
-def tick_rows(starts, ends, s_symbol, s_qty, s_entry_unit, s_inv_leverage, s_isolated, s_isolated_units,
-              s_wallet, symbol_unit, face_mark, direction, taker, mm_fraction, tier_start, tier_floor, tier_mmr,
-              tier_cum, s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate, w_state, sym_rows, p_liquidate,
-              s_became):
-    """tick_positions with its structs spelled out as 28 arrays (the engine's call before the split)."""
-    rows = PositionColumns(s_wallet, s_symbol, s_qty, _NONE_F, _NONE_F, s_entry_unit, s_inv_leverage, s_isolated,
-                           s_isolated_units)
-    inst = SymbolTable(_NONE_B, _NONE_F, taker, mm_fraction, symbol_unit, tier_start, tier_floor, tier_mmr,
-                       tier_cum, _NONE_F)
-    tick_positions(starts, ends, rows, RunningFigures(s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate), inst,
-                   Marks(_NONE_F, face_mark, direction), w_state, sym_rows, p_liquidate, s_became)
-
-
-def tick_wallets(wallets, w_state, accounts, a_liquidate, became):
-    """tick_accounts into a packed (n_wallets × ACCOUNT_FIGURES) array (the engine's call before the split)."""
-    tick_accounts(wallets, w_state, account_views(accounts, a_liquidate), became)
+        packed[w, EQUITY] = equity
+        packed[w, CROSS_MM] = w_state[w, MM]
+        packed[w, CROSS_IM] = w_state[w, IM]
+        packed[w, CROSS_FEE] = w_state[w, FEE]
+        packed[w, RISK_RATIO] = ratio
+        packed[w, AVAILABLE_BALANCE] = available
+        packed[w, TRANSFERABLE] = transfer
+        packed[w, TOTAL_EQUITY] = total_equity
+        became[j] = liquidate and not liquidates[w]
+        liquidates[w] = liquidate

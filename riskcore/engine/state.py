@@ -7,7 +7,8 @@ kernels.WALLET_STATE) from which its account figures (`out.accounts`) are re-der
 
 Where the state changes, it changes in pairs:
 - a small tick removes each row's old contribution from its wallet's sums and adds the new
-  one (kernels.tick_rows: `+= new − old`), then re-derives those wallets (tick_wallets);
+  one (kernels.tick_positions: `+= new − old`), then re-derives those wallets
+  (tick_accounts);
 - a full scan makes the symbol-major copy stale (`invalidate`), and `refresh` brings a
   symbol's slice back from book order when a small tick next needs it;
 - a book change (forced close) is followed by `resync(wallets)`: the wallets' rows and sums
@@ -17,8 +18,9 @@ Where the state changes, it changes in pairs:
 import numpy as np
 
 from ..book import Book
-from ..kernels import WALLET_STATE, tick_rows, tick_wallets
-from ..scan import ACCOUNT_FIGURES, ScanArrays, scan_into
+from ..kernels import (ACCOUNT_FIGURES, WALLET_STATE, Marks, PositionColumns, RunningFigures, SymbolTable,
+                       tick_accounts, tick_positions)
+from ..scan import ScanArrays, scan_into
 
 MIRRORED = ("qty", "isolated", "isolated_margin", "entry_unit", "inv_leverage")  # book columns copied
 FIGURES = ("upnl", "mm", "im", "fee", "notional")
@@ -38,7 +40,7 @@ class TickState:
         self.sym_wallet_start = np.searchsorted(pairs // max(n_w, 1), np.arange(n_sym + 1))
         self.row_of = np.empty(len(pos), dtype=np.int64)                 # book row → symbol-major index
         self.row_of[self.sym_rows] = np.arange(len(pos))
-        self.accounts = np.zeros((n_w, len(ACCOUNT_FIGURES)))            # one row per wallet: see tick_wallets
+        self.accounts = np.zeros((n_w, len(ACCOUNT_FIGURES)))            # one row per wallet: see tick_accounts
         self.out = ScanArrays.empty(len(pos), n_w, packed_accounts=self.accounts)
         self.w_state = np.zeros((n_w, WALLET_STATE))
         perm = self.sym_rows
@@ -49,6 +51,12 @@ class TickState:
         self.stale = np.zeros(n_sym, dtype=bool)
         self.became = np.zeros(len(pos), dtype=bool)              # scratch: rows that became liquidatable
         self.became_wallets = np.zeros(n_w, dtype=bool)           # scratch: wallets that did
+        # the kernels' views of the above, built once (their arrays are only ever written in place)
+        c, none = self.cols, np.zeros(0)
+        self.k_rows = PositionColumns(c["wallet"], c["symbol"], c["qty"], none, none, c["entry_unit"], c["inv_leverage"],
+                                      c["isolated"], c["isolated_margin"])
+        self.k_run = RunningFigures(*(c[name] for name in FIGURES), c["liquidate"])
+        self.k_inst = SymbolTable.of(book)
 
     # -- where rows and wallets are ----------------------------------------------------
     def n_rows(self, sym: np.ndarray) -> int:
@@ -80,15 +88,10 @@ class TickState:
         self.refresh(sym[self.stale[sym]])
         starts, ends = self.row_start[sym], self.row_start[sym + 1]
         wallets = self.wallets_of_symbols(sym)
-        book, s, inst = self.book, self.cols, self.book.instruments
-        face_mark, direction = book.face_mark(mark)
-        tick_rows(starts, ends, s["symbol"], s["qty"], s["entry_unit"], s["inv_leverage"], s["isolated"],
-                  s["isolated_margin"], s["wallet"], book.symbol_unit, face_mark, direction,
-                  inst.taker_fee_rate, inst.mm_im_fraction, inst.tier_start, inst.tier_floor, inst.tier_mmr,
-                  inst.tier_cum, s["upnl"], s["mm"], s["im"], s["fee"], s["notional"], s["liquidate"],
-                  self.w_state, self.sym_rows, self.out.positions["liquidate"], self.became)
+        tick_positions(starts, ends, self.k_rows, self.k_run, self.k_inst, Marks(mark, *self.book.face_mark(mark)),
+                       self.w_state, self.sym_rows, self.out.positions["liquidate"], self.became)
         became = self.became_wallets[:len(wallets)]
-        tick_wallets(wallets, self.w_state, self.accounts, self.out.accounts["liquidate"], became)
+        tick_accounts(wallets, self.w_state, self.accounts, self.out.accounts["liquidate"], became)
         if len(sym) == 1:
             rows = starts[0] + np.flatnonzero(self.became[starts[0]:ends[0]])
         else:
