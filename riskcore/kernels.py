@@ -193,13 +193,30 @@ def maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cu
 
 
 @njit(**JIT)
+def position_value(qty, entry_unit, face_mark, direction):
+    """(notional, upnl) of a position (model §4.1), division-free: notional = |q|·face·P
+    (|q|·face/P inverse), upnl = ±q·(face·P − face·E) with the symbol's face_mark and ±1
+    (Book.face_mark) and the position's entry_unit (face·E, face/E inverse)."""
+    return abs(qty) * face_mark, direction * qty * (face_mark - entry_unit)
+
+
+@njit(**JIT)
+def position_values(rows, qty, entry_unit, symbol, face_mark, direction):
+    """(upnl, notional) arrays of book rows at one set of marks, by position_value."""
+    upnl, notional = np.empty(len(rows)), np.empty(len(rows))
+    for j in range(len(rows)):
+        i = rows[j]
+        notional[j], upnl[j] = position_value(qty[i], entry_unit[i], face_mark[symbol[i]], direction[symbol[i]])
+    return upnl, notional
+
+
+@njit(**JIT)
 def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_fraction,
                 t0, t1, tier_floor, tier_mmr, tier_cum):
     """(notional, upnl, im, mm, fee) of one position (model §4), division-free: the symbol's
     face·P (face/P inverse) and ±1 come per tick, face·E (face/E) and 1/leverage per position.
     All zero when flat, even where the symbol has no mark (NaN)."""
-    notional = abs(qty) * face_mark
-    upnl = direction * qty * (face_mark - entry_unit)
+    notional, upnl = position_value(qty, entry_unit, face_mark, direction)
     im = notional * inv_leverage
     k = tier_of(notional, t0, t1, tier_floor)
     mm = maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cum)

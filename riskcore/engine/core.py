@@ -17,6 +17,7 @@ import polars as pl
 
 from ..book import Book
 from ..errors import BookError, MoneyOverflowError
+from ..kernels import margin_balance, risk_ratio
 from ..money import INT64_MAX, INT64_MIN, to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
 from . import liquidation
@@ -121,12 +122,10 @@ class Engine:
             return
         pos = self.book.positions
         f = self.state.row_figures(rows)
-        margin_balance = pos.isolated_margin[rows] * self.book.symbol_unit[pos.symbol[rows]] + f["upnl"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            risk = np.where(margin_balance > 0, (f["mm"] + f["fee"]) / margin_balance, np.inf)
+        balance = margin_balance(pos.isolated_margin[rows], self.book.symbol_unit[pos.symbol[rows]], f["upnl"])
+        risk = np.array([risk_ratio(True, b, m, fee) for b, m, fee in zip(balance, f["mm"], f["fee"])])
         self._events.append_block(self.ts, POSITION_LIQUIDATABLE, pos.wallet[rows], row=rows, qty=pos.qty[rows],
-                                  price=self.mark[pos.symbol[rows]], equity=margin_balance, mm=f["mm"],
-                                  risk_ratio=risk)
+                                  price=self.mark[pos.symbol[rows]], equity=balance, mm=f["mm"], risk_ratio=risk)
 
     # -- forced liquidation ---------------------------------------------------------------
     def _liquidate(self, wallets, max_rounds: int = 20):
@@ -233,6 +232,5 @@ class Engine:
         return self.state.position_figures()
 
     def insurance_fund(self) -> pl.DataFrame:
-        scale = int(self.book.asset_scale.max()) if len(self.book.asset_scale) else 8
-        return pl.DataFrame({"asset": self.book.assets,
-                             "balance": pl.from_arrow(units_to_decimal(self.fund, scale, self.book.asset_scale))})
+        return pl.DataFrame({"asset": self.book.assets, "balance": pl.from_arrow(
+            units_to_decimal(self.fund, self.book.output_scale, self.book.asset_scale))})

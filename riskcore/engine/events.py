@@ -86,7 +86,7 @@ class EventLog:
         has_row = row >= 0
         r = np.where(has_row, row, 0)
         asset = book.wallets.asset[wal] if n else np.zeros(0, np.int32)
-        scale = int(book.asset_scale.max()) if len(book.asset_scale) else 8
+        scale = book.output_scale
 
         def money(name):
             return pl.from_arrow(units_to_decimal(self.column(name), scale, book.asset_scale[asset]))

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..book import Book
 from ..errors import MoneyOverflowError
-from ..kernels import NOTIONAL
+from ..kernels import NOTIONAL, margin_balance
+from ..kernels import position_values as kernel_values
 from ..money import (INT64_MAX, INT64_MIN, ceil_share, fee_units, int64_parts, realized_units,
                      spread_units)
 from .events import ADL_CLOSE, FUND_SHORTFALL, LIQUIDATION_CLOSE
@@ -81,10 +82,7 @@ def closes_due(book: Book, out, wallets: np.ndarray) -> list:
 def position_values(book: Book, mark: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
     """(upnl, notional) of rows at `mark` and their current quantities."""
     pos = book.positions
-    s = pos.symbol[rows]
-    face_mark, direction = book.face_mark(mark)
-    q = pos.qty[rows]
-    return direction[s] * q * (face_mark[s] - pos.entry_unit[rows]), np.abs(q) * face_mark[s]
+    return kernel_values(np.asarray(rows, dtype=np.int64), pos.qty, pos.entry_unit, pos.symbol, *book.face_mark(mark))
 
 
 def bankruptcy_price(book: Book, i: int, realized: float) -> float:
@@ -148,7 +146,7 @@ def plan_adl(book: Book, mark: np.ndarray, state, i: int, price: float):
         # a cross position's margin is its notional share of the account's equity
         cross_notional = state.w_state[wal, NOTIONAL]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            margin = np.where(pos.isolated[rows], pos.isolated_margin[rows] * book.symbol_unit[s] + upnl,
+            margin = np.where(pos.isolated[rows], margin_balance(pos.isolated_margin[rows], book.symbol_unit[s], upnl),
                               state.out.accounts["equity"][wal] * notional / cross_notional)
             eff = np.where(margin > 0, notional / margin, np.inf)
             rank = np.where(pnl_pct > 0, pnl_pct * eff, pnl_pct / eff)

@@ -6,7 +6,7 @@ import polars as pl
 
 from ..book import Book
 from ..errors import BookError, check
-from ..tables import as_float64, as_frame, codes, require, str_col
+from ..tables import as_float64, as_frame, codes, lookup, require, str_col
 
 
 class TickError(BookError):
@@ -70,6 +70,5 @@ def load_ticks(table, book: Book, name: str = "ticks"):
         t = as_float64(t)
         check(np.isfinite(t.to_numpy()), name, "ts", "NaN or infinite value")
     ts = t.to_numpy()
-    index = {s: i for i, s in enumerate(book.instruments.symbol)}
-    sym = names.replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy()
+    sym = lookup(names, book.instruments.symbol)
     return ts, sym, price, names
