@@ -327,9 +327,14 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
                  SymbolTable.of(book), fig, state)
 
     # entry prices are untouched, so only 1/leverage is re-derived; nothing is shared with `book`
-    new = replace(book, wallets=replace(wal, balance=balance),
-                  positions=replace(pos, leverage=leverage, isolated=isolated, isolated_margin=iso_margin,
-                                    entry_unit=pos.entry_unit.copy(), inv_leverage=1.0 / leverage))
+    # the kernel decided on copies; the new book takes the money it moved through the book's API
+    new = replace(book, wallets=replace(wal, balance=wal.balance.copy(), order_margin=wal.order_margin.copy()),
+                  positions=replace(pos, leverage=leverage, isolated=isolated, isolated_margin=pos.isolated_margin.copy(),
+                                    entry_unit=pos.entry_unit.copy(), inv_leverage=1.0 / leverage),
+                  orders=book.orders.take(slice(None)))
+    moved_w, moved_p = np.flatnonzero(balance != wal.balance), np.flatnonzero(iso_margin != pos.isolated_margin)
+    new.apply_moves(balance=(moved_w, balance[moved_w] - wal.balance[moved_w]),
+                    isolated_margin=(moved_p, iso_margin[moved_p] - pos.isolated_margin[moved_p]))
     asset_names = np.array(book.assets + [None], dtype=object)
     outcomes = pl.DataFrame({
         "request_id": request_id, "accepted": accepted,

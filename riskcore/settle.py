@@ -11,7 +11,7 @@ and never touches the input.
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +28,7 @@ from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, st
 from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
 from .io import money_column, positions_table, read_table, table_path
 from .output import output_dir
-from .money import add_overflows, add_split, decimal_places, exact_amounts, exact_total, split_sum
+from .money import add_split, decimal_places, exact_amounts, exact_total, split_sum
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -154,8 +154,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 except BookError as e:  # rows relative to the file, not the batch
                     raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
                 _check_prices(head, pos, mark, rate, steps, str(marks), rate_source)
-                amounts = position_amounts(head, pos.qty, pos.entry_price, pos.symbol, mark, rate, steps)
                 try:
+                    amounts = position_amounts(head, pos.qty, pos.entry_price, pos.symbol, mark, rate, steps)
                     ledger = _apply(head, pos, amounts, mark, delta, sums, steps)
                 except MoneyOverflowError as e:  # rows of the file, not of the sorted batch
                     raise MoneyOverflowError(str(f), e.column, e.problem,
@@ -257,23 +257,11 @@ def _check_prices(book, pos, mark, rate, steps, marks_name, rate_name):
 
 
 def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
-    """Credit amounts to isolated margins (in place) or wallet deltas; entry ← P; ledger rows."""
+    """Credit amounts to isolated margins (through Book.apply_moves on this part's positions)
+    or to the exact wallet deltas (summed over parts, applied at the end); entry ← P; ledger rows."""
     wallet_of = pos.wallet.astype(np.int64)
     asset = book.instruments.settle_asset[pos.symbol]
     iso = pos.isolated
-    # every step's credit to an isolated margin, checked before any is made (each amount is
-    # below 2^62 in size, so the steps' sum is itself checked, then margin + sum)
-    credit = np.zeros(len(pos), dtype=np.int64)
-    bad = np.zeros(len(pos), dtype=bool)
-    for kind in steps:
-        units = np.where(iso, amounts[kind], 0)
-        bad |= add_overflows(credit, units)
-        credit = np.where(bad, credit, credit + units)  # a wrapped sum is never kept
-    bad |= add_overflows(pos.isolated_margin, credit)
-    if bad.any():
-        raise MoneyOverflowError("positions", "isolated_margin",
-                                 "the settlement would take an isolated margin beyond 64-bit fixed point money "
-                                 "(±(2^63 − 1) units); nothing was written", np.flatnonzero(bad))
     rows = []
     for kind in steps:
         units = amounts[kind]
@@ -297,7 +285,15 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
             "position_side": categorical(pos.side[nz], SIDES).cast(pl.String),
             "kind": pl.repeat(kind, len(nz), eager=True, dtype=pl.String),
             "amount": money_column(book, units[nz], asset[nz])}))
-    pos.isolated_margin[iso] += credit[iso]
+    # every step's credit to an isolated margin, through the book (exact, checked, all or nothing)
+    held = np.flatnonzero(iso)
+    try:
+        replace(book, positions=pos).apply_moves(
+            isolated_margin=(np.tile(held, len(steps)), np.concatenate([amounts[kind][held] for kind in steps])))
+    except MoneyOverflowError as e:
+        raise MoneyOverflowError("positions", "isolated_margin", "the settlement would take these isolated margins "
+                                 "beyond 64-bit fixed point money (±(2^63 − 1) units; counted in the first streamed "
+                                 "part that has any); nothing was written", e.rows) from None
     if "realize" in steps:
         pos.entry_price = np.where(pos.qty != 0, mark[pos.symbol], pos.entry_price)
     return pl.concat(rows)

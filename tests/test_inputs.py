@@ -520,3 +520,13 @@ def test_bad_command_line_numbers_are_one_line(tmp_path, capsys, argv, words):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("riskcore: error: ") and words in err[0], err
+
+
+def test_settlement_amount_beyond_64_bits_names_the_positions_file_and_rows(tmp_path, capsys):
+    positions = tables()["positions"]
+    huge = [1e300] + positions["entry_price"].to_pylist()[1:]
+    book = write_book(tmp_path / "b", positions=with_column(positions, "entry_price", huge))
+    pq.write_table(tables()["marks"], tmp_path / "m.parquet")
+    line = refused(capsys, "settle", book, "--marks", tmp_path / "m.parquet", "--id", "s1", "--out", tmp_path / "o",
+                   names=(book / "positions.parquet", "exceeds 64-bit"), rows=[0])
+    assert "Warning" not in line and not (tmp_path / "o").exists()
