@@ -1,5 +1,6 @@
 """Parquet in and out. A BOOK/ directory holds NAME.parquet or a folder NAME/ of Parquet parts."""
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,6 +127,25 @@ def load_book(book_dir: Path | str, marks: Path | str | None = None,
         tables[name], names[name] = read_table(path), str(path)
     names.setdefault("marks", str(book_dir / "marks.parquet"))  # named even when absent
     return Book.from_tables(**tables, money_scale=money_scale, names=names)
+
+
+def is_path(obj) -> bool:
+    return isinstance(obj, (str, os.PathLike))
+
+
+def as_book(book) -> Book:
+    """The API takes a book as a Book or as the path of a book folder (load_book)."""
+    return book if isinstance(book, Book) else load_book(book)
+
+
+def as_table(table, name: str) -> tuple[pl.DataFrame | None, str]:
+    """The API takes a table (marks, requests, ticks, insurance fund) as polars or pyarrow, or
+    as the path of a Parquet file or folder; returns it and what errors call it."""
+    if table is None:
+        return None, name
+    if is_path(table):
+        return read_table(table), str(table)
+    return arrow_to_frame(table, name) if not isinstance(table, pl.DataFrame) else table, name
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from .book import MODES, SIDES, Book, wallet_of
 from .config import JIT, JIT_PARALLEL
+from .io import as_book, is_path, read_table
 from .errors import BookError
 from .keys import group_key, group_range, position_key
 from .kernels import (IM, MM, UPNL, WALLET_STATE, PositionColumns, SymbolTable, WalletColumns, available_balance,
@@ -242,8 +243,9 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.where(found, at, -1)
 
 
-def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book, pl.DataFrame]:
-    """Apply a request batch (model §7) to a copy of `book`; returns (new book, outcomes).
+def apply_requests(book, requests, table: str = "requests") -> tuple[Book, pl.DataFrame]:
+    """Apply a request batch (model §7) to a copy of `book` (a Book or a book folder; the
+    requests a table or a Parquet path); returns (new book, outcomes).
 
     A malformed table (missing columns, wrong types, duplicate request ids) raises BookError
     and applies nothing. Malformed requests are rejected with a reason, not raised.
@@ -251,6 +253,9 @@ def apply_requests(book: Book, requests, table: str = "requests") -> tuple[Book,
     amount (the money moved: the margin added, removed, pulled in by a leverage cut, or a
     flat row's margin returned on a mode switch; 0 when nothing moved).
     """
+    book = as_book(book)
+    if is_path(requests):
+        requests, table = read_table(requests), str(requests)
     book.check_marks(book.mark)
     df = as_frame(requests, table)
     n = df.height

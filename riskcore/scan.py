@@ -9,6 +9,7 @@ import polars as pl
 from .book import MODES, SIDES, Book
 from .kernels import (ACCOUNT_FIGURES, POSITION_FIGURES, AccountFigures, Marks, PositionColumns, PositionFigures,
                       SymbolTable, WalletColumns, account_views, position_pass, wallet_pass)
+from .io import as_book, as_table
 from .tables import categorical
 
 NULL_WHEN_NAN = ("margin_balance", "risk_ratio", "liq_price")  # null for cross rows / no solution
@@ -116,16 +117,19 @@ class ScanResult:
         return "\n".join(lines)
 
 
-def scan(book: Book, marks=None, *, liq_prices: bool = True) -> ScanResult:
+def scan(book, marks=None, *, liq_prices: bool = True) -> ScanResult:
     """Every figure of model §4–6 for every position and wallet, as polars DataFrames.
 
-    `marks`: a marks table (polars/pyarrow) or None to use the book's own marks. Every
+    `book`: a Book or a book folder; `marks`: a marks table (polars/pyarrow, or a Parquet
+    path) or None to use the book's own marks. Every
     symbol with a non-flat position needs a mark. Output rows are in book order (positions
     by account, asset, symbol, side; wallets by account, asset); figure columns are the
     kernel's arrays, handed to polars without a copy where polars allows.
     """
-    mark = book.mark if marks is None else book.read_marks(marks)[0]
-    book.check_marks(mark, None if marks is None else "marks")
+    book = as_book(book)
+    marks, marks_name = as_table(marks, "marks")
+    mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
+    book.check_marks(mark, None if marks is None else marks_name)
     out = ScanArrays.empty(len(book.positions), len(book.wallets))
     nothing = np.empty(0, np.int64)  # load the compiled kernels outside the timed call
     scan_into(book, mark, out, with_liq_price=liq_prices, rows=nothing, wallets=nothing)

@@ -10,6 +10,7 @@ and never touches the input.
 """
 
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from .config import DEFAULT_ASSET
 from .errors import BookError, MoneyOverflowError
 from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, str_col
 from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
-from .io import money_column, positions_table, read_table, table_path
+from .io import as_table, book_tables, is_path, money_column, write_tables, positions_table, read_table, table_path
 from .output import output_dir
 from .money import add_split, decimal_places, exact_amounts, exact_total, split_sum
 
@@ -75,7 +76,15 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
            force: bool = False) -> Settlement:
     """Settle BOOK/ into OUT/ (a new book with `settlements.parquet` and `ledger.parquet`), all
     or nothing (see output.output_dir for what OUT may be; `force` replaces a folder riskcore
-    did not write, never the input)."""
+    did not write, never the input). `book_dir` may be a Book: settlement streams files, so an
+    in-memory book is settled from a private copy on disk. `marks` and `funding` are tables or
+    Parquet paths."""
+    if isinstance(book_dir, Book):
+        with tempfile.TemporaryDirectory() as tmp:
+            write_tables(book_tables(book_dir), Path(tmp) / "book")
+            scales = money_scale or {a: int(k) for a, k in zip(book_dir.assets, book_dir.asset_scale)}
+            return settle(Path(tmp) / "book", out_dir, marks=marks, settlement_id=settlement_id, funding=funding,
+                          steps=steps, money_scale=scales, part_rows=part_rows, progress=progress, force=force)
     t_start = time.perf_counter()
     io_time = 0.0
     book_dir, out_dir = Path(book_dir), Path(out_dir)
@@ -108,13 +117,13 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     if np.any(head.wallets.account_id == HOUSE_ACCOUNT_ID):
         raise BookError(tables["accounts"][1], "account_id", f"account {HOUSE_ACCOUNT_ID} is the house account",
                         np.flatnonzero(tables["accounts"][0]["account_id"].to_numpy() == HOUSE_ACCOUNT_ID))
-    marks_table = read_table(marks)
-    mark, marks_rate = head.read_marks(marks_table, str(marks))
+    marks_table, marks_name = as_table(marks, "marks")
+    mark, marks_rate = head.read_marks(marks_table, marks_name)
     rate = marks_rate
-    rate_source = str(marks)
+    rate_source = marks_name
     if funding is not None:
-        _, rate = head.read_marks(read_table(funding).with_columns(pl.lit(1.0).alias("mark_price")), str(funding))
-        rate_source = str(funding)
+        funding_table, rate_source = as_table(funding, "funding")
+        _, rate = head.read_marks(funding_table.with_columns(pl.lit(1.0).alias("mark_price")), rate_source)
 
     pos_path = table_path(book_dir, "positions")
     if pos_path is None:
@@ -137,7 +146,8 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     ledger_schema = pa.schema([("settlement_id", pa.string()), ("account_id", pa.int64()), ("asset", pa.string()),
                                ("symbol", pa.string()), ("position_side", pa.string()), ("kind", pa.string()),
                                ("amount", pa.decimal128(38, scale))])
-    with output_dir(out_dir, command="settle", inputs=(book_dir, marks, funding), force=force) as tmp:
+    inputs = [p for p in (book_dir, marks, funding) if is_path(p)]
+    with output_dir(out_dir, command="settle", inputs=inputs, force=force) as tmp:
         (tmp / "positions").mkdir()
         ledger_file = pq.ParquetWriter(tmp / "ledger.parquet", ledger_schema)  # one row group per part
         from tqdm import tqdm
@@ -153,7 +163,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                     pos = _load_positions(df, head.instruments, head.wallets, head.asset_scale, str(f))
                 except BookError as e:  # rows relative to the file, not the batch
                     raise BookError(e.table, e.column, e.problem, None if e.rows is None else e.rows + offset) from None
-                _check_prices(head, pos, mark, rate, steps, str(marks), rate_source)
+                _check_prices(head, pos, mark, rate, steps, marks_name, rate_source)
                 try:
                     amounts = position_amounts(head, pos.qty, pos.entry_price, pos.symbol, mark, rate, steps)
                     ledger = _apply(head, pos, amounts, mark, delta, sums, steps)

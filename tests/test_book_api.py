@@ -59,3 +59,29 @@ def test_cancel_orders_matches_a_book_loaded_without_them(tables):
     assert len(book.orders) == int(keep.sum())
     np.testing.assert_allclose(book.wallets.order_margin, order_margin(book.orders, book.instruments, len(book.wallets)))
     assert (book.wallets.order_margin <= fresh.wallets.order_margin + 1e-9).all()
+
+
+def test_every_entry_point_takes_a_book_or_a_path(tables, tmp_path):
+    from riskcore.io import write_tables
+    from riskcore.gen import generate_requests
+    import polars as pl
+    write_tables(tables, tmp_path / "book")
+    requests = generate_requests(tables, 50, seed=2)
+    requests.write_parquet(tmp_path / "requests.parquet")
+    marks = tables["marks"].with_columns(pl.lit(0.0001).alias("funding_rate"))
+    marks.write_parquet(tmp_path / "marks.parquet")
+    fund = pl.DataFrame({"asset": ["USDT"], "balance": [1000.0]})
+    fund.write_parquet(tmp_path / "fund.parquet")
+    book = rc.load_book(tmp_path / "book")
+
+    assert rc.scan(tmp_path / "book").accounts.equals(rc.scan(book).accounts)
+    assert rc.scan(book, tmp_path / "marks.parquet").accounts.equals(rc.scan(book, marks).accounts)
+    a, b = rc.apply_requests(tmp_path / "book", tmp_path / "requests.parquet")[1], rc.apply_requests(book, requests)[1]
+    assert a.equals(b)
+    e1 = rc.Engine(str(tmp_path / "book"), insurance_fund=tmp_path / "fund.parquet", liquidate=True)
+    e2 = rc.Engine(book, insurance_fund=fund, liquidate=True)
+    assert e1.insurance_fund().equals(e2.insurance_fund()) and e1.events().equals(e2.events())
+    rc.settle(book, tmp_path / "s1", marks=marks, settlement_id="d")
+    rc.settle(tmp_path / "book", tmp_path / "s2", marks=tmp_path / "marks.parquet", settlement_id="d")
+    for name in ("accounts.parquet", "ledger.parquet"):
+        assert pl.read_parquet(tmp_path / "s1" / name).equals(pl.read_parquet(tmp_path / "s2" / name))

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from ..book import Book
+from ..io import as_book, as_table
 from ..errors import BookError, MoneyOverflowError
 from ..kernels import margin_balance, risk_ratio
 from ..money import INT64_MAX, INT64_MIN, to_units, units_to_decimal
@@ -32,20 +33,23 @@ FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is an exact 
 class Engine:
     """Stateful risk engine over a book.
 
-    `liquidate=True` executes forced closes as liquidations appear (the engine then owns a
-    copy of the book and changes it through the book's API). `insurance_fund` is a table
-    (`asset`, `balance`), absent = 0 in every asset. `resync_every` ticks the running sums are
-    recomputed exactly.
+    `book` is a Book or a book folder; `marks` and `insurance_fund` (`asset`, `balance`;
+    absent = 0 in every asset) are tables or Parquet paths. `liquidate=True` executes forced
+    closes as liquidations appear (the engine then owns a copy of the book and changes it
+    through the book's API). `resync_every` ticks the running sums are recomputed exactly.
 
     State: the account figures in `out.accounts` (by wallet id), kept current every tick;
     the per-position figures symbol-major (`position_figures()` gives them in book order).
     """
 
-    def __init__(self, book: Book, marks=None, *, liquidate: bool = False, insurance_fund=None,
+    def __init__(self, book, marks=None, *, liquidate: bool = False, insurance_fund=None,
                  resync_every: int = RESYNC_EVERY, fund_name: str = "insurance_fund"):
+        book = as_book(book)
+        marks, marks_name = as_table(marks, "marks")
+        insurance_fund, fund_name = as_table(insurance_fund, fund_name)
         self.book = deepcopy(book) if liquidate else book
         book = self.book
-        mark = book.mark if marks is None else book.read_marks(marks)[0]
+        mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
         book.check_marks(mark, None if marks is None else "marks")
         self.mark = mark.copy()
         self.execute = liquidate
