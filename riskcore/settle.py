@@ -296,10 +296,11 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
             "kind": pl.repeat(kind, len(nz), eager=True, dtype=pl.String),
             "amount": money_column(book, units[nz], asset[nz])}))
     # every step's credit to an isolated margin, through the book (exact, checked, all or nothing)
+    # (each step's amount is below 2^62 in size and a step is never named twice, so the
+    # steps' sum per row is exact in int64)
     held = np.flatnonzero(iso)
     try:
-        replace(book, positions=pos).apply_moves(
-            isolated_margin=(np.tile(held, len(steps)), np.concatenate([amounts[kind][held] for kind in steps])))
+        replace(book, positions=pos).apply_moves(isolated_margin=(held, sum(amounts[kind][held] for kind in steps)))
     except MoneyOverflowError as e:
         raise MoneyOverflowError("positions", "isolated_margin", "the settlement would take these isolated margins "
                                  "beyond 64-bit fixed point money (±(2^63 − 1) units; counted in the first streamed "
