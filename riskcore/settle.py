@@ -136,7 +136,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     orders = None
     if orders_path is not None:  # the rules of load_book; the one against positions once all parts are read
         orders = read_table(orders_path)
-        _load_orders(orders, head.instruments, head.wallets, head.positions, str(orders_path))
+        loaded_orders = _load_orders(orders, head.instruments, head.wallets, head.positions, str(orders_path))
     delta = np.zeros((2, len(head.wallets)), dtype=np.int64)  # per wallet, exactly delta[0]·2^32 + delta[1]
     n_assets = len(head.assets)
     sums = {k: np.zeros(n_assets, dtype=object) for k in steps}  # exact, Python ints
@@ -182,11 +182,14 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         bar.close()
         if part == 0:  # an empty book still gets a (typed, empty) positions part
             positions_table(head, head.positions).write_parquet(tmp / "positions" / "part-00000.parquet")
-        _check_across_parts(keys, groups, str(pos_path))
+        held_modes = _check_across_parts(keys, groups, str(pos_path))
         if orders is not None:  # one margin mode per account and symbol across positions and orders
-            g = pl.Series(np.concatenate(groups) if groups else np.zeros(0, np.int64)).unique().to_numpy()
-            group, isolated = decode_mode_key(g)
-            wallet, symbol = decode_group(group, len(head.instruments))
+            group, isolated = decode_mode_key(held_modes)
+            ordered = np.unique(group_key(loaded_orders.wallet, loaded_orders.symbol, len(head.instruments)))
+            at = np.minimum(np.searchsorted(ordered, group), max(len(ordered) - 1, 0))
+            with_orders = (ordered[at] == group) if len(ordered) else np.zeros(len(group), bool)
+            wallet, symbol = decode_group(group[with_orders], len(head.instruments))  # only what orders meet
+            isolated = isolated[with_orders]
             held = SimpleNamespace(wallet=wallet, symbol=symbol, isolated=isolated)
             _load_orders(orders, head.instruments, head.wallets, held, str(orders_path))
         t = time.perf_counter()
@@ -343,8 +346,9 @@ def _house_rows(book, sums, steps, settlement_id) -> pl.DataFrame:
         schema_overrides={"symbol": pl.String, "position_side": pl.String, "asset": pl.String, "kind": pl.String})
 
 
-def _check_across_parts(keys, groups, table):
-    """The book rules that span parts: duplicate keys, one margin mode per account and symbol."""
+def _check_across_parts(keys, groups, table) -> np.ndarray:
+    """The book rules that span parts: duplicate keys, one margin mode per account and symbol.
+    Returns the sorted distinct mode keys held (keys.mode_key)."""
     def sorted_values(chunks):  # polars sorts on every core; numpy's unique hashes slowly
         return pl.Series(np.concatenate(chunks) if chunks else np.zeros(0, np.int64)).sort().to_numpy()
     keys = sorted_values(keys)
@@ -355,3 +359,4 @@ def _check_across_parts(keys, groups, table):
     group = decode_mode_key(g)[0]
     if len(g) and np.any(group[1:] == group[:-1]):
         raise BookError(table, "margin_mode", "one account holds a symbol both cross and isolated (across parts)")
+    return g
