@@ -425,7 +425,7 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
     check(lev >= 1, t, "leverage", "leverage must be >= 1")
     isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
-    # One margin mode per account and symbol (seed 004), across its positions and orders.
+    # One margin mode per account and symbol (model §2.5), across its positions and orders.
     held = pl.DataFrame({"g": group_key(pos.wallet, pos.symbol, len(inst)), "pos_iso": pos.isolated}).unique("g")
     ords = pl.DataFrame({"g": group_key(wallet, sym, len(inst)), "iso": isolated})
     joined = ords.join(held, on="g", how="left", maintain_order="left")

@@ -171,7 +171,7 @@ def is_fraction_model(mm_fraction):
 
 @njit(**JIT)
 def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
-    """(rate, cum) with mm = notional·rate − cum: tier k's, or fraction·IM (seed 003).
+    """(rate, cum) with mm = notional·rate − cum: tier k's, or fraction·IM (model §4.3).
 
     The one definition of maintenance margin. The tier is looked up by the caller
     unconditionally and the fraction model selected here afterwards: an early return around

@@ -160,7 +160,7 @@ def apply_kernel(req, wal, pos, inst, fig, state):
                     if is_fraction_model(mm_fraction[s]):  # fraction model: mm follows leverage
                         new_mm = maintenance_margin(notional[p], t, 1.0 / lev, mm_fraction[s], tier_mmr, tier_cum)
                     if isolated[p]:
-                        # lowering leverage: top the margin up to N/L from the cross wallet (seed 004)
+                        # lowering leverage: top the margin up to N/L from the cross wallet (model §7.3)
                         have = margin_balance(isolated_margin[p], symbol_unit[s], upnl[p])
                         if lev < leverage[p] and have < new_im:
                             need_units = np.ceil((new_im - have) / unit)
