@@ -21,6 +21,7 @@ from ..kernels import position_values as kernel_values
 from ..money import (INT64_MAX, INT64_MIN, ceil_share, fee_units, int64_parts, realized_units,
                      spread_units)
 from .events import ADL_CLOSE, FUND_SHORTFALL, LIQUIDATION_CLOSE
+from .state import ranges
 
 
 @dataclass
@@ -58,22 +59,19 @@ def closes_due(book: Book, out, wallets: np.ndarray) -> list:
     pos, start = book.positions, book.wallets.pos_start
     wallets = np.asarray(wallets, dtype=np.int64)
     n = start[wallets + 1] - start[wallets]
+    bounds = np.r_[0, np.cumsum(n)]  # wallet k's rows are rows[bounds[k]:bounds[k + 1]]
     owner = np.repeat(np.arange(len(wallets)), n)
-    rows = np.arange(len(owner), dtype=np.int64) + np.repeat(start[wallets] - (np.cumsum(n) - n), n)
+    rows = ranges(start[wallets], start[wallets + 1])
     open_ = pos.qty[rows] != 0
     iso = pos.isolated[rows]
     iso_due = iso & out.positions["liquidate"][rows] & open_
     cross_due = ~iso & open_ & out.accounts["liquidate"][wallets][owner]
     closes = []
-    due = iso_due | cross_due
-    if not due.any():
-        return closes
-    for k in np.unique(owner[due]):
-        w = int(wallets[k])
-        mine = owner == k
-        for i in rows[mine & iso_due]:
+    for k in np.unique(owner[iso_due | cross_due]):
+        w, lo, hi = int(wallets[k]), bounds[k], bounds[k + 1]
+        for i in rows[lo:hi][iso_due[lo:hi]]:
             closes.append((np.array([i]), w, True))
-        cross = rows[mine & cross_due]
+        cross = rows[lo:hi][cross_due[lo:hi]]
         if len(cross):
             closes.append((cross, w, False))
     return closes
