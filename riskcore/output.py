@@ -68,11 +68,12 @@ def output_dir(out, *, command: str, inputs=(), force: bool = False):
             _fsync_tree(stage)
             with _locked(out.parent):
                 _check_existing(out, command, force)  # it may have changed while we computed
-                _publish(stage, out, token)
+                _publish(stage, out)
     except BookError as e:  # name the file the user asked for, not its staging copy
         if not e.table.startswith(str(stage)):
             raise
-        raise BookError(str(out) + e.table[len(str(stage)):], e.column, e.problem, e.rows) from None
+        same_kind = type(e) if type(e).__init__ is BookError.__init__ else BookError  # keep MoneyOverflowError
+        raise same_kind(str(out) + e.table[len(str(stage)):], e.column, e.problem, e.rows) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after a publish it holds the previous output
         with _locked(out.parent):  # not while another run is cleaning up beside us
@@ -213,7 +214,7 @@ def _fsync_dir(path) -> None:
         os.close(fd)
 
 
-def _publish(stage: Path, out: Path, token: str) -> None:
+def _publish(stage: Path, out: Path) -> None:
     if not out.exists():
         stage.rename(out)
     elif not _exchange(stage, out):
