@@ -29,7 +29,7 @@ from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, st
 from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
 from .io import as_table, book_tables, is_path, money_column, write_tables, positions_table, read_table, table_path
 from .output import output_dir
-from .money import add_split, decimal_places, exact_amounts, exact_total, split_sum
+from .money import decimal_places, exact_amounts, exact_total, int64_parts, split_sum
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -196,12 +196,14 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         ledger_file.write_table(_house_rows(head, sums, steps, settlement_id).select(ledger_schema.names)
                                 .to_arrow().cast(ledger_schema))
         ledger_file.close()
-        balance, fits = add_split(head.wallets.balance, delta[0], delta[1])
-        if not fits.all():
+        try:
+            head.apply_moves(balance=_wallet_moves(delta))
+        except MoneyOverflowError as e:
             raise MoneyOverflowError(tables["accounts"][1], "balance",
                                      "the settlement would take a balance beyond 64-bit fixed point money "
                                      "(±(2^63 − 1) units); nothing was written",
-                                     _wallet_file_rows(tables["accounts"][0], head, np.flatnonzero(~fits)))
+                                     _wallet_file_rows(tables["accounts"][0], head, e.rows)) from None
+        balance = head.wallets.balance
         accounts = pl.DataFrame({"account_id": head.wallets.account_id,
                                  "asset": np.array(head.assets, dtype=object)[head.wallets.asset].tolist(),
                                  "balance": money_column(head, balance, head.wallets.asset)})
@@ -270,8 +272,9 @@ def _check_prices(book, pos, mark, rate, steps, marks_name, rate_name):
 
 
 def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
-    """Credit amounts to isolated margins (through Book.apply_moves on this part's positions)
-    or to the exact wallet deltas (summed over parts, applied at the end); entry ← P; ledger rows."""
+    """Credit amounts to isolated margins (Book.apply_moves on this part's positions) or to
+    the exact wallet deltas (summed over parts, applied once at the end, also by
+    Book.apply_moves: see _wallet_moves); entry ← P; ledger rows."""
     wallet_of = pos.wallet.astype(np.int64)
     asset = book.instruments.settle_asset[pos.symbol]
     iso = pos.isolated
@@ -311,6 +314,21 @@ def _apply(book, pos, amounts, mark, delta, sums, steps) -> pl.DataFrame:
     if "realize" in steps:
         pos.entry_price = np.where(pos.qty != 0, mark[pos.symbol], pos.entry_price)
     return pl.concat(rows)
+
+
+def _wallet_moves(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Book.apply_moves's (wallet ids, int64 units) for exact wallet changes kept as
+    delta[0]·2^32 + delta[1] (0 ≤ delta[1] < 2^32): one move each, several int64 parts for
+    the rare change beyond int64 (apply_moves adds them back exactly)."""
+    changed = np.flatnonzero((delta[0] != 0) | (delta[1] != 0))
+    hi, lo = delta[0][changed], delta[1][changed]
+    small = np.abs(hi) < 2**30
+    ids, units = [changed[small]], [(hi[small] << 32) + lo[small]]
+    for w, h, low in zip(changed[~small], hi[~small], lo[~small]):
+        parts = int64_parts((int(h) << 32) + int(low))
+        ids.append(np.full(len(parts), w, dtype=np.int64))
+        units.append(np.array(parts, dtype=np.int64))
+    return np.concatenate(ids), np.concatenate(units)
 
 
 def _position_file_rows(df, book, pos, rows, t) -> np.ndarray:
