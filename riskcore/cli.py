@@ -13,12 +13,29 @@ import polars as pl
 from .errors import BookError
 
 
-def _cold_cache_notice() -> None:
-    """Say so when this run will compile the kernels (first run after install)."""
-    from . import config, kernels
-    cache_dir = Path(kernels.__file__).parent / "__pycache__"
-    if not config.CACHE or not any(cache_dir.glob("kernels.wallet_pass*.nbi")):
-        print("riskcore: compiling kernels (first run after install, a few seconds) ...", file=sys.stderr, flush=True)
+# The compiled entry points each command runs (their callees compile with them).
+_SCAN = ("kernels.position_pass", "kernels.wallet_pass")
+_TICKS = _SCAN + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
+KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + ("ops.apply_kernel",), "replay": _TICKS,
+              "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",)}
+
+
+def _cold_cache_notice(command: str) -> None:
+    """Say so when this run will compile kernels: one the command runs has no cache index
+    yet (the first run after install or an upgrade, or caching turned off)."""
+    import importlib
+
+    from . import config
+    for name in KERNELS_OF.get(command, ()):
+        module, function = name.split(".")
+        kernel = getattr(importlib.import_module(f"riskcore.{module}"), function)
+        line = kernel.py_func.__code__.co_firstlineno
+        index = (Path(kernel.py_func.__code__.co_filename).parent / "__pycache__" /
+                 f"{module}.{function}-{line}.py{sys.version_info.major}{sys.version_info.minor}.nbi")
+        if not config.CACHE or not index.exists():
+            print(f"riskcore: compiling kernels for {command} (first run after install: a few seconds) ...",
+                  file=sys.stderr, flush=True)
+            return
 
 
 def cmd_gen(args) -> None:
@@ -317,8 +334,7 @@ def _stdout_to_devnull() -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("scan", "demo", "gen", "apply", "replay", "settle", "bench"):
-            _cold_cache_notice()
+        _cold_cache_notice(args.command)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except BrokenPipeError:  # `riskcore ... | head`: the reader has gone; stop quietly
