@@ -111,26 +111,6 @@ _POW10 = np.array([10**k for k in range(20)], dtype=np.uint64)
 _INT64_MAX_OVER = np.array([_INT64_MAX // 10**k for k in range(20)], dtype=np.int64)
 
 
-def add_overflows(a, b) -> np.ndarray:
-    """Where int64 a + b falls outside int64 (numpy's sum would wrap), vectorised and exact:
-    the wrapped sum's sign differs from both operands' exactly when the true sum overflows."""
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    with np.errstate(over="ignore"):
-        wrapped = a + b
-    return ((a ^ wrapped) & (b ^ wrapped)) < 0
-
-
-def checked_add(a, b, table: str, column: str | None, problem: str, rows=None) -> np.ndarray:
-    """a + b in int64, or MoneyOverflowError naming `rows` (indices into a, b by default)
-    where the exact sum falls outside int64. Nothing is modified."""
-    bad = add_overflows(a, b)
-    if np.any(bad):
-        where = np.flatnonzero(np.broadcast_to(bad, np.broadcast(a, b).shape))
-        raise MoneyOverflowError(table, column, problem, where if rows is None else np.asarray(rows)[where])
-    return np.asarray(a, dtype=np.int64) + np.asarray(b, dtype=np.int64)
-
-
 def split_sum(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact sums of int64 runs (np.add.reduceat's runs) as (high, low) int64 parts, the sum
     being high·2^32 + low: each value splits into a signed high half and a 32-bit low half,
