@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
-from .tables import _first_line, arrow_to_frame, categorical, float_text64, normalize_arrow
+from .tables import first_line, arrow_to_frame, categorical, float_text64, normalize_arrow
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
@@ -45,10 +45,17 @@ def read_table(path: Path | str) -> pl.DataFrame:
 
 
 def _read_parquet(path: Path) -> pa.Table:
-    try:
+    with reading(path):
         return pq.read_table(path)
+
+
+@contextmanager
+def reading(path: Path | str):
+    """Errors while reading `path` as Parquet (corrupt, unreadable) as one BookError naming it."""
+    try:
+        yield
     except (pa.ArrowException, OSError) as e:
-        raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
+        raise BookError(str(path), None, f"cannot read as Parquet: {first_line(e)}") from None
 
 
 def unify_parts(parts: list[tuple[str, pa.Table]]) -> pa.Table:
@@ -75,11 +82,11 @@ def unify_parts(parts: list[tuple[str, pa.Table]]) -> pa.Table:
                 out[i] = out[i].set_column(at, column, col.cast(target))
             except pa.ArrowException as e:
                 raise BookError(name, column, f"cannot convert {t.schema.field(column).type} to the other parts' "
-                                              f"{target}: {_first_line(e)}") from None
+                                              f"{target}: {first_line(e)}") from None
     try:
         return pa.concat_tables(out, promote_options="default")
     except pa.ArrowException as e:
-        raise BookError(parts[0][0], None, f"cannot combine the parts: {_first_line(e)}") from None
+        raise BookError(parts[0][0], None, f"cannot combine the parts: {first_line(e)}") from None
 
 
 def _common_type(column: str, typed: list[tuple[str, pa.DataType]]) -> pa.DataType:
@@ -156,7 +163,7 @@ def writing(path: Path | str):
     except (OSError, pa.ArrowException) as e:
         if isinstance(e, BrokenPipeError):
             raise
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise BookError(str(path), None, f"cannot write: {reason}") from None
 
 

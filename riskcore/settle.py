@@ -25,9 +25,10 @@ from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions
     wallet_of
 from .config import DEFAULT_ASSET
 from .errors import BookError, MoneyOverflowError
-from .tables import _first_line, arrow_to_frame, categorical, codes, int_col, str_col
+from .tables import arrow_to_frame, categorical, codes, int_col, str_col
 from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
-from .io import as_table, book_tables, is_path, money_column, write_tables, positions_table, read_table, table_path
+from .io import (as_table, book_tables, is_path, money_column, positions_table, read_table, reading, table_path,
+                 write_tables)
 from .output import output_dir
 from .money import decimal_places, exact_amounts, exact_total, int64_parts, split_sum
 
@@ -131,7 +132,10 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     files = sorted(pos_path.rglob("*.parquet")) if pos_path.is_dir() else [pos_path]
     if not files:
         raise BookError(str(pos_path), None, "folder holds no .parquet files")
-    total_rows = sum(_parquet_file(f).metadata.num_rows for f in files)
+    total_rows = 0
+    for f in files:
+        with reading(f):
+            total_rows += pq.ParquetFile(f).metadata.num_rows
     orders_path = table_path(book_dir, "orders")
     orders = None
     if orders_path is not None:  # the rules of load_book; the one against positions once all parts are read
@@ -230,23 +234,15 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                       total_rows, time.perf_counter() - t_start, io_time)
 
 
-def _parquet_file(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
-
-
 def _batches(path: Path, part_rows: int):
     """The file's record batches of at most part_rows rows; read errors name the file."""
-    batches = _parquet_file(path).iter_batches(batch_size=part_rows)
+    with reading(path):
+        batches = pq.ParquetFile(path).iter_batches(batch_size=part_rows)
     while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
+        with reading(path):
+            batch = next(batches, None)
+        if batch is None:
             return
-        except (pa.ArrowException, OSError) as e:
-            raise BookError(str(path), None, f"cannot read as Parquet: {_first_line(e)}") from None
         yield batch
 
 

@@ -30,11 +30,11 @@ def as_frame(obj, table: str) -> pl.DataFrame:
     except BookError:
         raise
     except (Exception, pl.exceptions.PanicException) as e:
-        raise BookError(table, None, f"cannot read as a table: {_first_line(e)}") from None
+        raise BookError(table, None, f"cannot read as a table: {first_line(e)}") from None
     raise BookError(table, None, f"expected a polars or pyarrow table, got {type(obj).__name__}")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
@@ -52,7 +52,7 @@ def arrow_to_frame(table, name: str) -> pl.DataFrame:
         try:
             pl.from_arrow(pa.table({"c": table.column(i)}))
         except (Exception, pl.exceptions.PanicException) as e:
-            raise BookError(name, field.name, f"cannot read Arrow type {field.type}: {_first_line(e)}") from None
+            raise BookError(name, field.name, f"cannot read Arrow type {field.type}: {first_line(e)}") from None
     raise BookError(name, None, "cannot read as a table")
 
 
@@ -115,7 +115,7 @@ def _check_utf8(col: pa.ChunkedArray, column: str, name: str) -> None:
     try:
         col.validate(full=True)
     except pa.ArrowException as e:
-        raise BookError(name, column, f"text is not valid UTF-8: {_first_line(e)}") from None
+        raise BookError(name, column, f"text is not valid UTF-8: {first_line(e)}") from None
 
 
 def _narrow_decimal(col: pa.ChunkedArray, column: str, name: str) -> pa.ChunkedArray:
