@@ -14,7 +14,7 @@ from .errors import BookError
 
 
 # The compiled entry points each command runs (their callees compile with them).
-_SCAN = ("kernels.position_pass", "kernels.wallet_pass")
+_SCAN = ("kernels.scan_pass",)
 _TICKS = _SCAN + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
 KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + ("ops.apply_kernel",), "replay": _TICKS,
               "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",)}

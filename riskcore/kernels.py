@@ -13,12 +13,13 @@ Kernels take a few structured arguments, NamedTuples of arrays built once per bo
 arrays, never structs, to the functions they call in the loop (a struct passed into the
 wallet pass's loop cost ~30% of the liquidation-price scan).
 
-Hot path, two passes: `position_pass` computes every row's figures (flat and branch-light,
-in parallel over rows); `wallet_pass` walks wallets in parallel, and since a wallet's
-positions are one contiguous range (see book.py) every per-account sum is a segmented
-reduction done by the one thread that owns the wallet. Both take a subset (rows, wallets)
-and write in place, so a tick re-computes only the rows of its symbols and the wallets
-holding them.
+Hot path, one pass (`scan_pass`): threads own whole wallets, and since a wallet's positions
+are one contiguous range (see book.py) each row's figures are computed, written and summed
+into its wallet in one go; per-account sums are segmented reductions, race-free under
+`prange`. It takes a subset of wallets and writes in place, so the tick engine can re-derive
+exactly the wallets a forced close touched. Functions called per row with array arguments
+are inlined by numba (`inline="always"`): a call passing arrays costs their reference
+counts, ~30% of the liquidation-price scan.
 """
 
 from typing import NamedTuple
@@ -151,7 +152,7 @@ def account_views(packed: np.ndarray, liquidate: np.ndarray) -> AccountFigures:
 
 # -- the model's formulas, each written once ----------------------------------------------------
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def tier_of(notional, t0, t1, tier_floor):
     """Index of the last tier in [t0, t1) whose floor is <= notional (floors ascend).
 
@@ -169,7 +170,7 @@ def is_fraction_model(mm_fraction):
     return mm_fraction == mm_fraction
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
     """(rate, cum) with mm = notional·rate − cum: tier k's, or fraction·IM (model §4.3).
 
@@ -185,7 +186,7 @@ def mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
     return rate, cum
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cum):
     """mm of a position of `notional` in tier k (model §4.2) or by the fraction model (§4.3)."""
     rate, cum = mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
@@ -210,7 +211,7 @@ def position_values(rows, qty, entry_unit, symbol, face_mark, direction):
     return upnl, notional
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_fraction,
                 t0, t1, tier_floor, tier_mmr, tier_cum):
     """(notional, upnl, im, mm, fee) of one position (model §4), division-free: the symbol's
@@ -295,26 +296,23 @@ def account_figures(balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_
 
 
 @njit(**JIT)
-def _leg_coefficients(k, qty, entry, leverage, inverse, face, taker, mm_fraction,
-                      tier_mmr, tier_cum):
-    """Slope and intercept of upnl − mm − fee in t (t = P linear, 1/P inverse) at tier k."""
+def _leg_coefficients(k, qty, entry_unit, inv_leverage, direction, face, taker, mm_fraction, tier_mmr, tier_cum):
+    """Slope and intercept of upnl − mm − fee in t (t = P linear, 1/P inverse) at tier k:
+    upnl = direction·q·face·t − direction·q·entry_unit (entry_unit = face·E, face/E inverse)."""
     a = abs(qty) * face
-    if inverse:
-        s, e = -qty * face, 1.0 / entry
-    else:
-        s, e = qty * face, entry
-    rate, cum = mm_rate(k, 1.0 / leverage, mm_fraction, tier_mmr, tier_cum)
-    return s - a * (rate + taker), cum - s * e
+    rate, cum = mm_rate(k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
+    return direction * qty * face - a * (rate + taker), cum - direction * qty * entry_unit
 
 
 @njit(**JIT)
-def _liq_price_single(cushion, qty, entry, leverage, inverse, face, taker, mm_fraction,
+def _liq_price_single(cushion, qty, entry_unit, inv_leverage, inverse, direction, face, taker, mm_fraction,
                       t0, t1, tier_floor, tier_mmr, tier_cum, mark):
     """One leg: start at the current tier and step toward the root (usually 1–2 steps).
 
     Within a tier the condition is linear with a slope of fixed sign (mmr + fee < 1), so
     the root lies on one side; stepping back the way we came means the condition jumps
     across zero at the floor between (given maintenance amounts), which is the answer.
+    One division per step: the root is placed among the tiers by its notional root·|q|·face.
     Returns -1.0 when that reasoning does not apply (flat slope) so the caller walks all.
     """
     a = abs(qty) * face
@@ -322,18 +320,17 @@ def _liq_price_single(cushion, qty, entry, leverage, inverse, face, taker, mm_fr
     k = tier_of(a * t_now, t0, t1, tier_floor)
     step = 0
     for _ in range(t1 - t0 + 1):
-        slope, icpt = _leg_coefficients(k, qty, entry, leverage, inverse, face, taker, mm_fraction,
+        slope, icpt = _leg_coefficients(k, qty, entry_unit, inv_leverage, direction, face, taker, mm_fraction,
                                         tier_mmr, tier_cum)
         if slope == 0.0:
             return -1.0
         root = -(icpt + cushion) / slope
-        lo = tier_floor[k] / a
-        hi = tier_floor[k + 1] / a if k + 1 < t1 else np.inf
-        want = -1 if root < lo else (1 if root > hi else 0)
+        notional = root * a
+        want = -1 if notional < tier_floor[k] else (1 if k + 1 < t1 and notional > tier_floor[k + 1] else 0)
         if want == 0:
             return root
         if step != 0 and want != step:
-            return lo if step == 1 else hi
+            return tier_floor[k] / a if step == 1 else tier_floor[k + 1] / a
         if want == -1 and k == t0:
             return np.nan  # the root is at a negative price
         step = want
@@ -341,8 +338,8 @@ def _liq_price_single(cushion, qty, entry, leverage, inverse, face, taker, mm_fr
     return np.nan
 
 
-@njit(**JIT)
-def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fraction,
+@njit(inline="always", **JIT)
+def liq_price(cushion, i0, i1, qty, entry_unit, inv_leverage, inverse, direction, face, taker, mm_fraction,
               t0, t1, tier_floor, tier_mmr, tier_cum, mark):
     """Mark price of one symbol at which cushion + Σ_legs(upnl − mm − fee) = 0 (model §6).
 
@@ -354,8 +351,8 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
     NaN when no positive finite price qualifies.
     """
     if i1 - i0 == 1 and qty[i0] != 0.0:
-        t = _liq_price_single(cushion, qty[i0], entry[i0], leverage[i0], inverse, face, taker, mm_fraction,
-                              t0, t1, tier_floor, tier_mmr, tier_cum, mark)
+        t = _liq_price_single(cushion, qty[i0], entry_unit[i0], inv_leverage[i0], inverse, direction, face, taker,
+                              mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum, mark)
         if t != -1.0:
             if not (t > 0.0 and t < np.inf):
                 return np.nan
@@ -377,7 +374,7 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
             i = i0 + leg
             if qty[i] == 0.0:
                 continue
-            b, c = _leg_coefficients(k0 if leg == 0 else k1, qty[i], entry[i], leverage[i], inverse,
+            b, c = _leg_coefficients(k0 if leg == 0 else k1, qty[i], entry_unit[i], inv_leverage[i], direction,
                                      face, taker, mm_fraction, tier_mmr, tier_cum)
             slope += b
             icpt += c
@@ -415,95 +412,83 @@ def liq_price(cushion, i0, i1, qty, entry, leverage, inverse, face, taker, mm_fr
     return price if price < np.inf else np.nan
 
 
-
-# -- the scan's two passes ----------------------------------------------------------------------
-
-@njit(**JIT_PARALLEL)
-def position_pass(rows, all_rows, pos, inst, marks, with_positions, out):
-    """Per-position figures (model §4) and isolated checks (§5) for every row, or for `rows`.
-
-    pos: PositionColumns, inst: SymbolTable, marks: Marks, out: PositionFigures.
-    Division-free: the symbol's face·P (face/P inverse) comes per tick in face_mark, the
-    position's face·E (face/E) and 1/leverage from the book. out's upnl, im, mm, fee and
-    liquidate are always written (the wallet pass sums them); the rest when with_positions.
-    A cross row's liquidate is set by wallet_pass.
-    """
-    symbol, qty, entry_unit, inv_leverage = pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage
-    isolated, isolated_units = pos.isolated, pos.isolated_margin
-    symbol_unit, taker, mm_fraction = inst.unit, inst.taker, inst.mm_fraction
-    tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
-    face_mark, direction = marks.face_mark, marks.direction
-    p_notional, p_upnl, p_im, p_mm, p_fee = out.notional, out.upnl, out.im, out.mm, out.fee
-    p_roe, p_margin_balance, p_risk_ratio, p_liquidate = out.roe, out.margin_balance, out.risk_ratio, out.liquidate
-    n = len(qty) if all_rows else len(rows)
-    for j in prange(n):
-        i = np.int64(j) if all_rows else rows[j]
-        s = symbol[i]
-        q = qty[i]
-        notional, upnl, im, mm, fee = row_figures(q, entry_unit[i], inv_leverage[i], face_mark[s], direction[s],
-                                                  taker[s], mm_fraction[s], tier_start[s], tier_start[s + 1],
-                                                  tier_floor, tier_mmr, tier_cum)
-        p_upnl[i] = upnl
-        p_im[i] = im
-        p_mm[i] = mm
-        p_fee[i] = fee
-        liquidate = False
-        if isolated[i]:
-            balance = margin_balance(isolated_units[i], symbol_unit[s], upnl)
-            liquidate = isolated_liquidates(q, balance, fee, mm)
-            if with_positions:
-                p_margin_balance[i] = balance
-                p_risk_ratio[i] = risk_ratio(q != 0.0, balance, mm, fee)
-        elif with_positions:
-            p_margin_balance[i] = np.nan
-            p_risk_ratio[i] = np.nan
-        p_liquidate[i] = liquidate
-        if with_positions:
-            p_notional[i] = notional
-            p_roe[i] = 0.0 if q == 0.0 else upnl / (abs(q) * entry_unit[i] * inv_leverage[i])
-
+# -- the scan: one pass over wallets ------------------------------------------------------------
 
 @njit(**JIT_PARALLEL)
-def wallet_pass(wallets, wal, pos, inst, marks, fig, acct, with_liq_price, with_sums, w_state):
-    """Account figures (model §5) of `wallets` from the position pass, cross flags onto their
-    positions, and liquidation prices (§6). Each thread owns whole wallets: segmented sums.
+def scan_pass(wallets, all_wallets, wal, pos, inst, marks, fig, acct, with_positions, with_liq_price, with_sums,
+              w_state):
+    """Every figure of the model (§4–6) for the positions of `wallets` (or of every wallet when
+    all_wallets) and for those wallets, in one pass: each thread owns whole wallets and a
+    wallet's positions are one contiguous range (book.py), so a row's figures are computed,
+    written and summed into its wallet's figures while they are in registers, and the
+    wallet's later walks (cross flags, liquidation prices) find its rows in cache.
 
-    wal: WalletColumns, pos: PositionColumns, inst: SymbolTable, marks: Marks, fig: the
-    position pass's PositionFigures (liq_price and cross rows' liquidate written here),
-    acct: AccountFigures. with_sums also keeps each wallet's sums in w_state (n_wallets ×
+    wal: WalletColumns, pos: PositionColumns, inst: SymbolTable, marks: Marks, fig:
+    PositionFigures, acct: AccountFigures. Per row, liquidate is always written, upnl, im,
+    mm and fee when with_positions or with_sums, the rest when with_positions (liq_price when
+    with_liq_price too). with_sums keeps each wallet's running state in w_state (n_wallets ×
     WALLET_STATE: the tick engine's starting point for deltas)."""
     pos_start, balance_units, wallet_unit, order_margin = wal.pos_start, wal.balance, wal.unit, wal.order_margin
-    symbol, qty, entry, leverage = pos.symbol, pos.qty, pos.entry_price, pos.leverage
+    symbol, qty, entry_unit, inv_leverage = pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage
     isolated, isolated_units = pos.isolated, pos.isolated_margin
     inverse, face, taker, mm_fraction, symbol_unit = inst.inverse, inst.face, inst.taker, inst.mm_fraction, inst.unit
     tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
-    mark = marks.mark
-    p_upnl, p_im, p_mm, p_fee, p_notional = fig.upnl, fig.im, fig.mm, fig.fee, fig.notional
+    mark, face_mark, direction = marks.mark, marks.face_mark, marks.direction
+    p_notional, p_upnl, p_im, p_mm, p_fee = fig.notional, fig.upnl, fig.im, fig.mm, fig.fee
+    p_roe, p_margin_balance, p_risk_ratio = fig.roe, fig.margin_balance, fig.risk_ratio
     p_liq_price, p_liquidate = fig.liq_price, fig.liquidate
     a_equity, a_cross_mm, a_cross_im, a_cross_fee = acct.equity, acct.cross_mm, acct.cross_im, acct.cross_fee
     a_risk_ratio, a_available, a_transferable = acct.risk_ratio, acct.available_balance, acct.transferable
     a_total_equity, a_liquidate = acct.total_equity, acct.liquidate
-    for j in prange(len(wallets)):
-        w = wallets[j]
+    with_row_sums = with_positions or with_sums
+    n = len(pos_start) - 1 if all_wallets else len(wallets)
+    for j in prange(n):
+        w = np.int64(j) if all_wallets else wallets[j]
         start, end = pos_start[w], pos_start[w + 1]
         upnl_sum = 0.0
         mm_sum = 0.0
         im_sum = 0.0
         fee_sum = 0.0
-        iso_equity = 0.0
+        notional_sum = 0.0
+        iso_upnl = 0.0
+        iso_margin = 0.0
         has_cross = False
         for i in range(start, end):
+            s = symbol[i]
+            q = qty[i]
+            notional, upnl, im, mm, fee = row_figures(q, entry_unit[i], inv_leverage[i], face_mark[s], direction[s],
+                                                      taker[s], mm_fraction[s], tier_start[s], tier_start[s + 1],
+                                                      tier_floor, tier_mmr, tier_cum)
             if isolated[i]:
-                iso_equity += margin_balance(isolated_units[i], symbol_unit[symbol[i]], p_upnl[i])
+                margin = isolated_units[i] * symbol_unit[s]
+                balance = margin_balance(isolated_units[i], symbol_unit[s], upnl)
+                iso_upnl += upnl
+                iso_margin += margin
+                p_liquidate[i] = isolated_liquidates(q, balance, fee, mm)
+                if with_positions:
+                    p_margin_balance[i] = balance
+                    p_risk_ratio[i] = risk_ratio(q != 0.0, balance, mm, fee)
             else:
-                upnl_sum += p_upnl[i]
-                mm_sum += p_mm[i]
-                im_sum += p_im[i]
-                fee_sum += p_fee[i]
-                has_cross = has_cross or qty[i] != 0.0
+                upnl_sum += upnl
+                mm_sum += mm
+                im_sum += im
+                fee_sum += fee
+                notional_sum += notional
+                has_cross = has_cross or q != 0.0
+                if with_positions:
+                    p_margin_balance[i] = np.nan
+                    p_risk_ratio[i] = np.nan
+            if with_row_sums:
+                p_upnl[i] = upnl
+                p_im[i] = im
+                p_mm[i] = mm
+                p_fee[i] = fee
+            if with_positions:
+                p_notional[i] = notional
+                p_roe[i] = 0.0 if q == 0.0 else upnl / (abs(q) * entry_unit[i] * inv_leverage[i])
         balance = balance_units[w] * wallet_unit[w]
         equity, ratio, available, transfer, total_equity, liquidate = account_figures(
-            balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_equity, has_cross, order_margin[w])
+            balance, upnl_sum, mm_sum, im_sum, fee_sum, iso_margin + iso_upnl, has_cross, order_margin[w])
         a_equity[w] = equity
         a_cross_mm[w] = mm_sum
         a_cross_im[w] = im_sum
@@ -514,20 +499,11 @@ def wallet_pass(wallets, wal, pos, inst, marks, fig, acct, with_liq_price, with_
         a_total_equity[w] = total_equity
         a_liquidate[w] = liquidate
         if with_sums:
-            iso_margin = 0.0
-            iso_upnl = 0.0
-            cross_notional = 0.0
-            for i in range(start, end):
-                if isolated[i]:
-                    iso_margin += isolated_units[i] * symbol_unit[symbol[i]]
-                    iso_upnl += p_upnl[i]
-                else:
-                    cross_notional += p_notional[i]
             w_state[w, UPNL] = upnl_sum
             w_state[w, MM] = mm_sum
             w_state[w, IM] = im_sum
             w_state[w, FEE] = fee_sum
-            w_state[w, NOTIONAL] = cross_notional
+            w_state[w, NOTIONAL] = notional_sum
             w_state[w, ISO_UPNL] = iso_upnl
             w_state[w, ISO_MARGIN] = iso_margin
             w_state[w, OPEN_CROSS] = 1.0 if has_cross else 0.0
@@ -536,12 +512,12 @@ def wallet_pass(wallets, wal, pos, inst, marks, fig, acct, with_liq_price, with_
         for i in range(start, end):
             if not isolated[i]:
                 p_liquidate[i] = liquidate and qty[i] != 0.0
-
-        if with_liq_price:
+        if with_positions and with_liq_price:  # model §6, from the rows' figures just written
             # A cross group's cushion is balance + Σ_other symbols(upnl − mm − fee), summed as
             # prefix + suffix of the other groups: subtracting the group from the wallet total
-            # would cancel catastrophically when the group dominates the wallet.
-            # Reverse pass: the suffix of each group, parked in its first row's p_liq_price.
+            # would cancel catastrophically when the group dominates the wallet. (Inline: a
+            # call passing these arrays per wallet costs ~15% of the scan.)
+            # Reverse walk: the suffix of each group, parked in its first row's p_liq_price.
             suffix = 0.0
             g1 = end
             while g1 > start:
@@ -565,14 +541,14 @@ def wallet_pass(wallets, wal, pos, inst, marks, fig, acct, with_liq_price, with_
                     for i in range(g0, g1):
                         price = np.nan
                         if qty[i] != 0.0:
-                            price = liq_price(isolated_units[i] * symbol_unit[s], i, i + 1, qty, entry,
-                                              leverage, inverse[s], face[s], taker[s], mm_fraction[s],
+                            price = liq_price(isolated_units[i] * symbol_unit[s], i, i + 1, qty, entry_unit, inv_leverage,
+                                              inverse[s], direction[s], face[s], taker[s], mm_fraction[s],
                                               t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
                         p_liq_price[i] = price
                 else:
                     cushion = balance + prefix + p_liq_price[g0]
-                    price = liq_price(cushion, g0, g1, qty, entry, leverage, inverse[s], face[s], taker[s],
-                                      mm_fraction[s], t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
+                    price = liq_price(cushion, g0, g1, qty, entry_unit, inv_leverage, inverse[s], direction[s], face[s],
+                                      taker[s], mm_fraction[s], t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
                     for i in range(g0, g1):
                         prefix += p_upnl[i] - p_mm[i] - p_fee[i]
                         p_liq_price[i] = price if qty[i] != 0.0 else np.nan

@@ -1,4 +1,4 @@
-"""The full scan (docs/model.md §4–6): public entry point around the kernels' two passes."""
+"""The full scan (docs/model.md §4–6): public entry point around the scan kernel (kernels.scan_pass)."""
 
 import time
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ import polars as pl
 
 from .book import MODES, SIDES, Book
 from .kernels import (ACCOUNT_FIGURES, POSITION_FIGURES, AccountFigures, Marks, PositionColumns, PositionFigures,
-                      SymbolTable, WalletColumns, account_views, position_pass, wallet_pass)
+                      SymbolTable, WalletColumns, account_views, scan_pass)
 from .io import as_book, as_table
 from .tables import categorical
 
@@ -44,24 +44,18 @@ class ScanArrays:
 
 
 def scan_into(book: Book, mark: np.ndarray, out: ScanArrays, with_positions: bool = True,
-              with_liq_price: bool = True, rows: np.ndarray | None = None,
-              wallets: np.ndarray | None = None, sums: tuple | None = None) -> None:
-    """Run both kernel passes at `mark`, writing into `out`: over the whole book, or over
-    `rows` (positions) and then `wallets` (which must hold every wallet of those rows).
-    `sums` (n_wallets × kernels.WALLET_STATE) also records each wallet's running state."""
-    pos = PositionColumns.of(book.positions)
-    inst = SymbolTable.of(book)
-    marks = Marks(mark, *book.face_mark(mark))
-    fig = out.position_figures()
-    all_rows = rows is None
-    if wallets is None:
-        wallets = np.arange(len(book.wallets), dtype=np.int64)
-    position_pass(_NO_ROWS if all_rows else rows, all_rows, pos, inst, marks, with_positions, fig)
-    wallet_pass(wallets, WalletColumns.of(book), pos, inst, marks, fig, out.account_figures(),
-                with_positions and with_liq_price, sums is not None, sums if sums is not None else _NO_SUMS)
+              with_liq_price: bool = True, wallets: np.ndarray | None = None, sums: np.ndarray | None = None) -> None:
+    """Run the scan kernel at `mark`, writing into `out`: over the whole book, or over
+    `wallets` (all their positions). Without with_positions, only the flags and the account
+    figures are written. `sums` (n_wallets × kernels.WALLET_STATE) also records each
+    wallet's running state."""
+    scan_pass(_NO_WALLETS if wallets is None else wallets, wallets is None, WalletColumns.of(book),
+              PositionColumns.of(book.positions), SymbolTable.of(book), Marks(mark, *book.face_mark(mark)),
+              out.position_figures(), out.account_figures(), with_positions, with_liq_price, sums is not None,
+              _NO_SUMS if sums is None else sums)
 
 
-_NO_ROWS = np.empty(0, np.int64)
+_NO_WALLETS = np.empty(0, np.int64)
 _NO_SUMS = np.zeros((0, 1))
 
 
@@ -131,8 +125,7 @@ def scan(book, marks=None, *, liq_prices: bool = True) -> ScanResult:
     mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
     book.check_marks(mark, None if marks is None else marks_name)
     out = ScanArrays.empty(len(book.positions), len(book.wallets))
-    nothing = np.empty(0, np.int64)  # load the compiled kernels outside the timed call
-    scan_into(book, mark, out, with_liq_price=liq_prices, rows=nothing, wallets=nothing)
+    scan_into(book, mark, out, with_liq_price=liq_prices, wallets=_NO_WALLETS)  # load the kernel: not timed
     t = time.perf_counter()
     scan_into(book, mark, out, with_liq_price=liq_prices)
     seconds = time.perf_counter() - t

@@ -160,7 +160,7 @@ def test_notional_exactly_on_a_floor_takes_the_upper_tier():
 
 
 def test_subset_rescan_equals_full_scan():
-    """Re-scanning only a changed symbol's rows and their wallets (what a tick does) gives
+    """Re-scanning only the wallets holding a changed symbol (what a tick's resync does) gives
     the same figures as a full scan at the new marks."""
     from riskcore.gen import generate
     from riskcore.scan import ScanArrays, scan_into
@@ -170,7 +170,7 @@ def test_subset_rescan_equals_full_scan():
     mark = book.mark.copy()
     mark[0] *= 0.93
     rows = np.flatnonzero(book.positions.symbol == 0)
-    scan_into(book, mark, out, rows=rows, wallets=np.unique(book.positions.wallet[rows]).astype(np.int64))
+    scan_into(book, mark, out, wallets=np.unique(book.positions.wallet[rows]).astype(np.int64))
     full = ScanArrays.empty(len(book.positions), len(book.wallets))
     scan_into(book, mark, full)
     for name in full.positions:

@@ -124,7 +124,7 @@ class TickState:
         the wallets' sums."""
         pos = self.book.positions
         rows = None if wallets is None else self.wallet_rows(wallets)
-        scan_into(self.book, mark, self.out, with_liq_price=False, rows=rows, wallets=wallets, sums=self.w_state)
+        scan_into(self.book, mark, self.out, with_liq_price=False, wallets=wallets, sums=self.w_state)
         p, s = self.out.positions, self.cols
         if rows is None:  # everything: gather into symbol-major order
             perm = self.sym_rows
