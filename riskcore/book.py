@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import polars as pl
+from numba import njit
 
-from .config import DEFAULT_ASSET, DEFAULT_MONEY_SCALE
+from .config import DEFAULT_ASSET, DEFAULT_MONEY_SCALE, JIT
 from .errors import BookError, MoneyOverflowError, check
-from .keys import N_SIDES, group_key, group_of, position_key
+from .keys import N_SIDES, group_key, mode_key, position_key
 from .money import add_split, split_sum, to_units
-from .tables import as_frame, codes, float_col, group_violations, int_col, require, str_col
+from .tables import as_frame, codes, float_col, int_col, require, str_col
 
 SIDES = ("both", "long", "short")
 BOTH, LONG, SHORT = 0, 1, 2
@@ -151,7 +152,7 @@ class Book:
         wallets = _load_wallets(acct_df, acct_assets, assets, scales, names["accounts"])
         pos = _load_positions(as_frame(positions, names["positions"]), inst, wallets, scales,
                               names["positions"])
-        wallets.pos_start = np.searchsorted(pos.wallet, np.arange(len(wallets) + 1)).astype(np.int64)
+        wallets.pos_start = np.r_[0, np.cumsum(np.bincount(pos.wallet, minlength=len(wallets)))].astype(np.int64)
         if orders is None:
             ords = Orders(*(np.empty(0, t) for t in (np.int32, np.int32, float, float, float, bool)))
         else:
@@ -167,15 +168,12 @@ class Book:
             book.mark, book.funding_rate = book.read_marks(marks, names["marks"])
         return book
 
-    def derive_positions(self, rows=slice(None)) -> None:
+    def derive_positions(self) -> None:
         """Recompute the kernel's derived position columns (after entry/leverage changes)."""
-        pos, inst = self.positions, self.instruments
-        if pos.entry_unit is None:
-            pos.entry_unit, pos.inv_leverage = np.empty(len(pos)), np.empty(len(pos))
-        sym = pos.symbol[rows]
-        face, entry = inst.face_value[sym], pos.entry_price[rows]
-        pos.entry_unit[rows] = np.where(inst.inverse[sym], face / entry, face * entry)
-        pos.inv_leverage[rows] = 1.0 / pos.leverage[rows]
+        pos = self.positions
+        pos.entry_unit, pos.inv_leverage = np.empty(len(pos)), np.empty(len(pos))
+        _derive(pos.symbol, pos.entry_price, pos.leverage, self.instruments.face_value, self.instruments.inverse,
+                pos.entry_unit, pos.inv_leverage)
 
     def face_mark(self, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per symbol (face·P or face/P, +1 or −1): notional = |q|·face_mark,
@@ -247,6 +245,15 @@ class Book:
         asset_unit = 10.0 ** -self.asset_scale.astype(np.float64)  # per asset, then gathered: cheap per copy
         self.wallet_unit = asset_unit[self.wallets.asset]
         self.symbol_unit = asset_unit[self.instruments.settle_asset]
+
+
+@njit(**JIT)
+def _derive(symbol, entry_price, leverage, face, inverse, entry_unit, inv_leverage):
+    """face·E (face/E inverse) and 1/leverage per position: the scan kernel then divides by nothing."""
+    for i in range(len(symbol)):
+        s = symbol[i]
+        entry_unit[i] = face[s] / entry_price[i] if inverse[s] else face[s] * entry_price[i]
+        inv_leverage[i] = 1.0 / leverage[i]
 
 
 def _load_instruments(df: pl.DataFrame, tiers: pl.DataFrame, names: dict) -> tuple[Instruments, list[str]]:
@@ -333,30 +340,57 @@ def _load_wallets(df: pl.DataFrame, asset: pl.Series, assets: list[str], scales:
     account_id = int_col(df, t, "account_id")
     asset_id = codes(asset, assets, t, "unknown asset")
     require(df, t, "balance")
-    order = np.lexsort((asset_id, account_id))
-    a_s, b_s = account_id[order], asset_id[order]
+    a, b = account_id, asset_id
+    in_order = len(a) < 2 or bool(np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] >= b[:-1]))))
+    order = None if in_order else np.lexsort((asset_id, account_id))
+    a_s, b_s = (a, b) if order is None else (a[order], b[order])
     dup = np.flatnonzero((a_s[1:] == a_s[:-1]) & (b_s[1:] == b_s[:-1])) + 1
     if len(dup):
-        raise BookError(t, "account_id", "(account_id, asset) listed twice", np.sort(np.r_[order[dup], order[dup - 1]]))
-    balance = to_units(df["balance"], scales[asset_id], t)[order]
-    return Wallets(a_s, b_s, balance, np.zeros(1, np.int64), np.zeros(0))
+        raise BookError(t, "account_id", "(account_id, asset) listed twice",
+                        np.sort(source_rows(order, np.r_[dup, dup - 1])))
+    balance = to_units(df["balance"], scales[asset_id], t)
+    return Wallets(a_s, b_s, balance if order is None else balance[order], np.zeros(1, np.int64), np.zeros(0))
+
+
+def sorted_order(key: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(order, key[order]) of a stable sort; order is None when key is already in order (a
+    file written in book order: checked in O(n), nothing sorted or gathered)."""
+    if len(key) < 2 or np.all(key[1:] >= key[:-1]):
+        return None, key
+    order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)  # polars sorts on every core
+    return order, key[order]
+
+
+def source_rows(order: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """The input rows that sorted_order's `order` put at `rows`."""
+    return rows if order is None else order[rows]
 
 
 def wallet_of(account_id: np.ndarray, asset: np.ndarray, wallets: Wallets) -> np.ndarray:
     """Wallet id of each (account_id, asset), -1 where the book has no such wallet.
 
-    Wallets are sorted by (account, asset): binary search for the account, then a step
-    through its few wallets (no join against millions of wallet rows)."""
-    n = len(wallets)
+    Wallets are sorted by (account, asset): a binary search for the account (skipped when the
+    row's account is the previous row's, as in a file in book order), then a step through
+    its few wallets."""
+    return _wallet_ids(np.ascontiguousarray(account_id, dtype=np.int64), np.ascontiguousarray(asset, dtype=np.int32),
+                       wallets.account_id, wallets.asset)
+
+
+@njit(**JIT)
+def _wallet_ids(account_id, asset, wallet_account, wallet_asset):
     found = np.full(len(account_id), -1, dtype=np.int64)
-    if not n or not len(account_id):
-        return found
-    first = np.searchsorted(wallets.account_id, account_id)
-    per_account = np.diff(np.flatnonzero(np.r_[True, wallets.account_id[1:] != wallets.account_id[:-1], True]))
-    for k in range(int(per_account.max())):
-        at = np.minimum(first + k, n - 1)
-        hit = (found < 0) & (wallets.account_id[at] == account_id) & (wallets.asset[at] == asset)
-        found[hit] = at[hit]
+    n = len(wallet_account)
+    first = 0
+    for i in range(len(account_id)):
+        a = account_id[i]
+        if i == 0 or a != account_id[i - 1]:
+            first = np.searchsorted(wallet_account, a)
+        w = first
+        while w < n and wallet_account[w] == a:
+            if wallet_asset[w] == asset[i]:
+                found[i] = w
+                break
+            w += 1
     return found
 
 
@@ -391,26 +425,41 @@ def _load_positions(df: pl.DataFrame, inst: Instruments, wallets: Wallets,
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
 
     key = position_key(wallet, sym, side, len(inst))
-    order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)
-    key_s = key[order]
+    order, key_s = sorted_order(key)
     dup = np.flatnonzero(key_s[1:] == key_s[:-1]) + 1
     if len(dup):
         raise BookError(t, "position_side", "(account_id, symbol, position_side) listed twice",
-                        np.sort(np.r_[order[dup], order[dup - 1]]))
-    group = group_of(key_s)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, np.int64)
-    iso_s, side_s = isolated[order], side[order]
-    if len(starts):
-        mixed_mode = np.maximum.reduceat(iso_s, starts) != np.minimum.reduceat(iso_s, starts)
-        if mixed_mode.any():
-            raise BookError(t, "margin_mode", "one account holds a symbol both cross and isolated",
-                            group_violations(order, starts, mixed_mode))
-        mixed_side = (np.minimum.reduceat(side_s, starts) == BOTH) & (np.maximum.reduceat(side_s, starts) != BOTH)
-        if mixed_side.any():
-            raise BookError(t, "position_side", "one account mixes 'both' with 'long'/'short' in a symbol",
-                            group_violations(order, starts, mixed_side))
-    return Positions(wallet[order], sym[order], side_s, qty[order], entry[order], lev[order], iso_s,
-                     iso_margin[order])
+                        np.sort(source_rows(order, np.r_[dup, dup - 1])))
+    iso_s, side_s = (isolated, side) if order is None else (isolated[order], side[order])
+    mixed_mode, mixed_side = _mixed_groups(key_s, iso_s, side_s)
+    if mixed_mode.any():
+        raise BookError(t, "margin_mode", "one account holds a symbol both cross and isolated",
+                        np.sort(source_rows(order, np.flatnonzero(mixed_mode))))
+    if mixed_side.any():
+        raise BookError(t, "position_side", "one account mixes 'both' with 'long'/'short' in a symbol",
+                        np.sort(source_rows(order, np.flatnonzero(mixed_side))))
+    return Positions(*(a if order is None else a[order] for a in (wallet, sym, side, qty, entry, lev, isolated,
+                                                                  iso_margin)))
+
+
+@njit(**JIT)
+def _mixed_groups(key, isolated, side):
+    """Per row of positions sorted by key, whether its (wallet, symbol) group (model §2.5)
+    mixes margin modes, and whether it mixes 'both' with 'long'/'short'."""
+    n = len(key)
+    mixed_mode, mixed_side = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
+    g0 = 0
+    while g0 < n:
+        g1 = g0 + 1
+        while g1 < n and key[g1] // N_SIDES == key[g0] // N_SIDES:
+            g1 += 1
+        if g1 - g0 > 1:
+            modes = isolated[g0:g1]
+            one_way = side[g0:g1] == BOTH
+            mixed_mode[g0:g1] = modes.min() != modes.max()
+            mixed_side[g0:g1] = one_way.any() and not one_way.all()
+        g0 = g1
+    return mixed_mode, mixed_side
 
 
 def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Positions,
@@ -426,14 +475,18 @@ def _load_orders(df: pl.DataFrame, inst: Instruments, wallets: Wallets, pos: Pos
     isolated = codes(str_col(df, t, "margin_mode"), list(MODES), t, "margin_mode must be cross or isolated") == 1
     wallet = _wallet_of(account_id, inst.settle_asset[sym], wallets, t)
     # One margin mode per account and symbol (model §2.5), across its positions and orders.
-    held = pl.DataFrame({"g": group_key(pos.wallet, pos.symbol, len(inst)), "pos_iso": pos.isolated}).unique("g")
-    ords = pl.DataFrame({"g": group_key(wallet, sym, len(inst)), "iso": isolated})
-    joined = ords.join(held, on="g", how="left", maintain_order="left")
-    conflict = (joined["pos_iso"].is_not_null() & (joined["pos_iso"] != joined["iso"])).to_numpy()
-    check(~conflict, t, "margin_mode", "order margin mode differs from the account's position in the symbol")
-    modes = ords.group_by("g").agg(pl.col("iso").n_unique().alias("n_modes"))
-    mixed = ords.join(modes, on="g", how="left", maintain_order="left")["n_modes"].to_numpy() > 1
-    check(~mixed, t, "margin_mode", "one account has both cross and isolated orders in a symbol")
+    # `pos` is sorted by (wallet, symbol) and holds one mode per group: a binary search finds
+    # each order's group among the positions.
+    group = group_key(wallet, sym, len(inst))
+    held_group = group_key(pos.wallet, pos.symbol, len(inst))
+    if len(held_group):
+        at = np.minimum(np.searchsorted(held_group, group), len(held_group) - 1)
+        conflict = (held_group[at] == group) & (pos.isolated[at] != isolated)
+        check(~conflict, t, "margin_mode", "order margin mode differs from the account's position in the symbol")
+    by_group = np.argsort(mode_key(group, isolated), kind="stable")
+    g = group[by_group]
+    both_modes = np.flatnonzero((g[1:] == g[:-1]) & (isolated[by_group][1:] != isolated[by_group][:-1]))
+    check(~np.isin(group, g[both_modes]), t, "margin_mode", "one account has both cross and isolated orders in a symbol")
     order = np.lexsort((sym, wallet))
     return Orders(wallet[order], sym[order], qty[order], price[order], lev[order], isolated[order])
 

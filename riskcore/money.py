@@ -13,10 +13,13 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numba import njit
 
+from .config import JIT
 from .errors import BookError, MoneyOverflowError
 
 _INT64_MAX = 2**63 - 1
+_POW10_I64 = np.array([10**k for k in range(19)], dtype=np.int64)
 
 
 def _round_decimal(x: float, scale: int) -> int:
@@ -40,6 +43,45 @@ def _floats_to_units(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.n
         else:
             units[i] = u
     return units, too_big
+
+
+def _fixed_to_units_fast(col: pl.Series, places: int, scale: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The usual case of _fixed_to_units in one compiled pass: every value's integer fits
+    int64 (a decimal128's high word is its low word's sign) and so does every result.
+    Returns (units, True), or (_, False) when some row needs the general path."""
+    if col.dtype in (pl.UInt64, pl.Int128, pl.UInt128):
+        return np.empty(0, np.int64), False
+    if col.dtype.is_integer():
+        low = col.cast(pl.Int64).to_numpy()
+        high = low >> 63
+    else:  # decimal128: 16 little-endian bytes per value, low word first
+        arr = col.to_arrow()
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * len(arr), offset=16 * arr.offset)
+        low, high = words[0::2], words[1::2]
+    return _fixed_units_kernel(low, high, places, np.ascontiguousarray(scale))
+
+
+@njit(**JIT)
+def _fixed_units_kernel(low, high, places, scale):
+    out = np.empty(len(low), dtype=np.int64)
+    for i in range(len(low)):
+        v = low[i]
+        k = scale[i] - places
+        if high[i] != (v >> 63) or k > 18 or k < -18:
+            return out, False
+        if k >= 0:
+            m = _POW10_I64[k]
+            if v > _INT64_MAX // m or v < -(_INT64_MAX // m):
+                return out, False
+            out[i] = v * m
+        else:  # round half to even: q = floor(v / d), up when the remainder passes half
+            d = _POW10_I64[-k]
+            q = v // d
+            r = v - q * d
+            out[i] = q + (1 if 2 * r > d or (2 * r == d and q % 2 != 0) else 0)
+    return out, True
 
 
 def _fixed_to_units(values: pl.Series, places: int, scale: np.ndarray, table: str, name: str) -> np.ndarray:
@@ -87,10 +129,12 @@ def to_units(col: pl.Series, scale: np.ndarray, table: str) -> np.ndarray:
     scale = np.broadcast_to(np.asarray(scale, dtype=np.int64), (len(col),))
     if col.null_count():
         raise BookError(table, col.name, "null money amount", np.flatnonzero(col.is_null().to_numpy()))
-    if isinstance(col.dtype, pl.Decimal):
-        return _fixed_to_units(col.to_physical(), col.dtype.scale, scale, table, col.name)
-    if col.dtype.is_integer():
-        return _fixed_to_units(col, 0, scale, table, col.name)
+    if isinstance(col.dtype, pl.Decimal) or col.dtype.is_integer():
+        places = col.dtype.scale if isinstance(col.dtype, pl.Decimal) else 0
+        units, exact = _fixed_to_units_fast(col, places, scale)
+        if exact:
+            return units
+        return _fixed_to_units(col.to_physical() if places else col, places, scale, table, col.name)
     if not col.dtype.is_float():
         raise BookError(table, col.name, f"expected a number or decimal, got {col.dtype}")
     x = as_float64(col).to_numpy()

@@ -278,13 +278,6 @@ def codes(values: pl.Series, categories: list[str], table: str, problem: str) ->
     return mapped.astype(np.int32)
 
 
-def group_violations(sorted_idx: np.ndarray, starts: np.ndarray, bad_group: np.ndarray) -> np.ndarray:
-    """Original rows of every member of the groups flagged bad (groups given as run starts)."""
-    lengths = np.diff(np.append(starts, len(sorted_idx)))
-    member_bad = np.repeat(bad_group, lengths)
-    return np.sort(sorted_idx[member_bad])
-
-
 def categorical(codes: np.ndarray, categories) -> pl.Series:
     """A categorical column from integer codes without materialising a string per row."""
     return pl.from_arrow(pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)),

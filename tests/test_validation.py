@@ -2,6 +2,9 @@
 
 import math
 
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
 import polars as pl
 import pytest
 
@@ -175,3 +178,40 @@ def test_categorical_and_pyarrow_input():
     t = {k: v.with_columns(pl.col(pl.String).cast(pl.Categorical)).to_arrow() for k, v in good().items()}
     r = rc.scan(rc.Book.from_tables(**t))
     assert r.positions.height == 4
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["duplicate", "mixed_mode", "none"]))
+def test_book_order_and_any_order_load_alike(seed, fault):
+    """A file in book order is loaded without sorting (checked in O(n)); any other order is
+    sorted. Both give the same book, and a broken rule names the same input rows."""
+    from riskcore.gen import generate
+    rng = np.random.default_rng(seed)
+    tables = generate(30, 200, 12, seed=seed % 1000)
+    positions = tables["positions"]
+    if fault == "duplicate":
+        at = int(rng.integers(positions.height))
+        positions = pl.concat([positions.slice(0, at + 1), positions.slice(at, 1), positions.slice(at + 1)])
+    elif fault == "mixed_mode":
+        cross = np.flatnonzero((positions["margin_mode"].cast(pl.String) == "cross").to_numpy())
+        legs = positions.with_row_index().group_by("account_id", "symbol").agg(pl.col("index")).filter(
+            pl.col("index").list.len() == 2)["index"].to_list()
+        if not legs:
+            return
+        positions = with_value({"positions": positions}, "positions", "margin_mode", int(legs[0][0]),
+                               "isolated" if legs[0][0] in cross else "cross")["positions"]
+    perm = rng.permutation(positions.height)
+    outcomes = []
+    for rows in (np.arange(positions.height), perm):
+        try:
+            outcomes.append(rc.Book.from_tables(**(tables | {"positions": positions[rows]})))
+        except BookError as e:  # rows of the input as given, mapped back to the book-order file
+            outcomes.append((e.column, e.problem, sorted(rows[e.rows].tolist())))
+    in_order, shuffled = outcomes
+    if fault == "none":
+        for name in ("wallet", "symbol", "side", "qty", "entry_price", "leverage", "isolated", "isolated_margin",
+                     "entry_unit", "inv_leverage"):
+            np.testing.assert_array_equal(getattr(in_order.positions, name), getattr(shuffled.positions, name))
+        np.testing.assert_array_equal(in_order.wallets.pos_start, shuffled.wallets.pos_start)
+    else:
+        assert isinstance(in_order, tuple) and in_order == shuffled
