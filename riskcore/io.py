@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE
 from .errors import BookError
-from .tables import first_line, arrow_to_frame, categorical, float_text64, normalize_arrow
+from .tables import first_line, arrow_to_frame, categorical, float_text64, needs_normalizing, normalize_arrow
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
@@ -39,9 +39,15 @@ def read_table(path: Path | str) -> pl.DataFrame:
         if not parts:
             raise BookError(str(path), None, "folder holds no .parquet files")
         table = unify_parts([(str(p), normalize_arrow(_read_parquet(p), str(p))) for p in parts])
-    else:
-        table = _read_parquet(path)
-    return arrow_to_frame(table, str(path))
+        return arrow_to_frame(table, str(path))
+    with reading(path):
+        schema = pq.read_schema(path)
+    if not any(needs_normalizing(f.type) for f in schema):
+        try:  # polars' own reader: several times faster than pyarrow's plus a conversion
+            return pl.read_parquet(path)
+        except (Exception, pl.exceptions.PanicException):
+            pass  # (invalid text, a type polars lacks): the Arrow door below names what is wrong
+    return arrow_to_frame(_read_parquet(path), str(path))
 
 
 def _read_parquet(path: Path) -> pa.Table:

@@ -86,29 +86,33 @@ def _has(t: pa.DataType, pred) -> bool:
     return any(_has(t.field(i).type, pred) for i in range(t.num_fields))
 
 
+def needs_normalizing(t: pa.DataType) -> bool:
+    """Whether normalize_arrow changes (or refuses) a column of type t; text is only checked."""
+    return ((pa.types.is_dictionary(t) and not _is_text(t.value_type)) or (pa.types.is_timestamp(t) and t.tz is not None)
+            or (pa.types.is_decimal(t) and t.scale < 0) or _has(t, pa.types.is_decimal256))
+
+
 def _normalize_column(col: pa.ChunkedArray, column: str, name: str) -> pa.ChunkedArray:
     t = col.type
-    if pa.types.is_dictionary(t):
-        if pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type):
+    if not needs_normalizing(t):
+        if _is_text(t) or (pa.types.is_dictionary(t) and _is_text(t.value_type)):
             _check_utf8(col, column, name)
-            return col
+        return col
+    if pa.types.is_dictionary(t):
         return _normalize_column(col.cast(t.value_type), column, name)  # decode: plain values
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        _check_utf8(col, column, name)
-        return col
     if pa.types.is_decimal(t):
-        if pa.types.is_decimal256(t) or t.scale < 0:
-            return _narrow_decimal(col, column, name)
-        return col
-    if pa.types.is_timestamp(t) and t.tz is not None:
+        return _narrow_decimal(col, column, name)
+    if pa.types.is_timestamp(t):
         try:
             pl.from_arrow(pa.table({"c": col.slice(0, 0)}))
         except (Exception, pl.exceptions.PanicException):
             return col.cast(pa.timestamp(t.unit, "UTC"))  # the same instants
         return col
-    if _has(t, lambda x: pa.types.is_decimal256(x)):
-        raise BookError(name, column, f"cannot read Arrow type {t} (decimal256 inside a nested column)")
-    return col
+    raise BookError(name, column, f"cannot read Arrow type {t} (decimal256 inside a nested column)")
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def _check_utf8(col: pa.ChunkedArray, column: str, name: str) -> None:

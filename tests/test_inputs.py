@@ -232,6 +232,16 @@ def test_decimal256_too_large_refused(tmp_path, capsys):
     refused(capsys, "scan", book, names=(book / "accounts.parquet", "'balance'"), rows=[1])
 
 
+def test_invalid_utf8_text_in_parquet_refused_naming_the_column(tmp_path):
+    """polars' fast reader refuses it without naming the column; the Arrow door names it."""
+    from riskcore.io import read_table
+    bad = pa.array([b"BTCUSDT", b"\xff\xfe"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"symbol": bad}), tmp_path / "marks.parquet")
+    with pytest.raises(BookError) as e:
+        read_table(tmp_path / "marks.parquet")
+    assert e.value.column == "symbol" and "not valid UTF-8" in str(e.value)
+
+
 def test_text_kinds_load(tmp_path, capsys):
     pos = tables()["positions"]
     pos = with_column(pos, "symbol", pa.array(["BTCUSDT", "BTCUSDT", "ETHUSDT"], pa.large_string()))
