@@ -254,11 +254,17 @@ def lookup(values, categories) -> np.ndarray:
     name → id lookup (requests and ticks reject such rows instead of raising). `values` is a
     polars Series or anything polars makes a text Series of.
 
-    Works on the Arrow dictionary (built by hashing when the column is plain text), so the
-    per-row work is one integer gather however long the strings are.
+    Works on the column's dictionary (polars' category table, an Arrow dictionary, or one
+    built by hashing plain text), so the per-row work is one integer gather however long
+    the strings are.
     """
     if not isinstance(values, pl.Series):
         values = pl.Series(values, dtype=pl.String)
+    index = {c: i for i, c in enumerate(categories)}
+    if isinstance(values.dtype, pl.Categorical):  # codes into polars' category table: no Arrow round trip
+        table = values.dtype.categories.to_series().to_list()
+        lut = np.array([index.get(v, -1) for v in table] + [-1], dtype=np.int64)
+        return lut[values.to_physical().fill_null(len(table)).to_numpy()]
     arr = values.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -266,7 +272,6 @@ def lookup(values, categories) -> np.ndarray:
         arr = pc.dictionary_encode(arr)
     if not len(arr):
         return np.empty(0, np.int64)
-    index = {c: i for i, c in enumerate(categories)}
     lut = np.array([index.get(v, -1) for v in arr.dictionary.to_pylist()] + [-1], dtype=np.int64)
     return lut[pc.fill_null(arr.indices, len(arr.dictionary)).to_numpy(zero_copy_only=False)]
 
