@@ -25,11 +25,13 @@ class ScanArrays:
     def empty(cls, n_positions: int, n_wallets: int, packed_accounts: np.ndarray | None = None):
         """Fresh buffers; account figures may be views into one row-per-wallet array
         (columns in ACCOUNT_FIGURES order), as the tick engine keeps them."""
-        pos = {name: np.empty(n_positions) for name in POSITION_FIGURES}
-        pos["liquidate"] = np.zeros(n_positions, dtype=bool)
-        liquidate = np.zeros(n_wallets, dtype=bool)
+        # Filled here, by one thread: the kernel's two threads faulting fresh pages in at once
+        # contend in the kernel's memory map (10M positions: 0.9 s in the scan vs 0.24 s here).
+        pos = {name: np.full(n_positions, np.nan) for name in POSITION_FIGURES}
+        pos["liquidate"] = np.full(n_positions, False)
+        liquidate = np.full(n_wallets, False)
         if packed_accounts is None:
-            acct = {name: np.empty(n_wallets) for name in ACCOUNT_FIGURES} | {"liquidate": liquidate}
+            acct = {name: np.full(n_wallets, np.nan) for name in ACCOUNT_FIGURES} | {"liquidate": liquidate}
         else:
             acct = account_views(packed_accounts, liquidate)._asdict()
         return cls(pos, acct)
