@@ -43,9 +43,20 @@ class Instruments:
     tier_mmr: np.ndarray
     tier_cum: np.ndarray           # maintenance amount, given or derived (model §4.2)
     tier_max_leverage: np.ndarray
+    # Floors of each symbol's tiers after its first, one row per symbol, padded with +inf to
+    # the most tiers any symbol has: the kernels count the breaks below a notional with the
+    # same trip count for every row (a per-symbol count costs ~3x: its loop exit mispredicts).
+    tier_breaks: np.ndarray = field(init=False, repr=False)
 
     def __len__(self):
         return len(self.symbol)
+
+    def __post_init__(self):
+        per_symbol = np.diff(self.tier_start)
+        width = max(int(per_symbol.max(initial=1)) - 1, 0)
+        self.tier_breaks = np.full((len(self.symbol), width), np.inf)
+        for s in np.flatnonzero(per_symbol > 1):
+            self.tier_breaks[s, :per_symbol[s] - 1] = self.tier_floor[self.tier_start[s] + 1:self.tier_start[s + 1]]
 
 
 @dataclass

@@ -53,12 +53,14 @@ class SymbolTable(NamedTuple):
     tier_mmr: np.ndarray
     tier_cum: np.ndarray
     tier_max_leverage: np.ndarray
+    tier_breaks: np.ndarray        # n_symbols × (most tiers − 1): floors after the first, +inf padded
 
     @classmethod
     def of(cls, book) -> "SymbolTable":
         inst = book.instruments
         return cls(inst.inverse, inst.face_value, inst.taker_fee_rate, inst.mm_im_fraction, book.symbol_unit,
-                   inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, inst.tier_max_leverage)
+                   inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum, inst.tier_max_leverage,
+                   inst.tier_breaks)
 
 
 class PositionColumns(NamedTuple):
@@ -153,14 +155,15 @@ def account_views(packed: np.ndarray, liquidate: np.ndarray) -> AccountFigures:
 # -- the model's formulas, each written once ----------------------------------------------------
 
 @njit(inline="always", **JIT)
-def tier_of(notional, t0, t1, tier_floor):
-    """Index of the last tier in [t0, t1) whose floor is <= notional (floors ascend).
+def tier_of(notional, s, tier_start, tier_breaks):
+    """Index (into the tier arrays) of symbol s's last tier whose floor is <= notional.
 
-    Counting instead of searching: no data-dependent branch, ~4x faster on random rows.
+    Counting the breaks below instead of searching: no data-dependent branch, and the same
+    trip count for every symbol (Instruments.tier_breaks), ~4x faster on random rows.
     """
-    k = t0
-    for j in range(t0 + 1, t1):
-        k += tier_floor[j] <= notional
+    k = tier_start[s]
+    for j in range(tier_breaks.shape[1]):
+        k += tier_breaks[s, j] <= notional
     return k
 
 
@@ -213,13 +216,13 @@ def position_values(rows, qty, entry_unit, symbol, face_mark, direction):
 
 @njit(inline="always", **JIT)
 def row_figures(qty, entry_unit, inv_leverage, face_mark, direction, taker, mm_fraction,
-                t0, t1, tier_floor, tier_mmr, tier_cum):
+                s, tier_start, tier_breaks, tier_mmr, tier_cum):
     """(notional, upnl, im, mm, fee) of one position (model §4), division-free: the symbol's
     face·P (face/P inverse) and ±1 come per tick, face·E (face/E) and 1/leverage per position.
     All zero when flat, even where the symbol has no mark (NaN)."""
     notional, upnl = position_value(qty, entry_unit, face_mark, direction)
     im = notional * inv_leverage
-    k = tier_of(notional, t0, t1, tier_floor)
+    k = tier_of(notional, s, tier_start, tier_breaks)
     mm = maintenance_margin(notional, k, inv_leverage, mm_fraction, tier_mmr, tier_cum)
     fee = notional * taker
     if qty == 0.0:
@@ -306,7 +309,7 @@ def _leg_coefficients(k, qty, entry_unit, inv_leverage, direction, face, taker, 
 
 @njit(**JIT)
 def _liq_price_single(cushion, qty, entry_unit, inv_leverage, inverse, direction, face, taker, mm_fraction,
-                      t0, t1, tier_floor, tier_mmr, tier_cum, mark):
+                      s, tier_start, tier_breaks, tier_floor, tier_mmr, tier_cum, mark):
     """One leg: start at the current tier and step toward the root (usually 1–2 steps).
 
     Within a tier the condition is linear with a slope of fixed sign (mmr + fee < 1), so
@@ -317,7 +320,8 @@ def _liq_price_single(cushion, qty, entry_unit, inv_leverage, inverse, direction
     """
     a = abs(qty) * face
     t_now = 1.0 / mark if inverse else mark
-    k = tier_of(a * t_now, t0, t1, tier_floor)
+    t0, t1 = tier_start[s], tier_start[s + 1]
+    k = tier_of(a * t_now, s, tier_start, tier_breaks)
     step = 0
     for _ in range(t1 - t0 + 1):
         slope, icpt = _leg_coefficients(k, qty, entry_unit, inv_leverage, direction, face, taker, mm_fraction,
@@ -340,7 +344,7 @@ def _liq_price_single(cushion, qty, entry_unit, inv_leverage, inverse, direction
 
 @njit(inline="always", **JIT)
 def liq_price(cushion, i0, i1, qty, entry_unit, inv_leverage, inverse, direction, face, taker, mm_fraction,
-              t0, t1, tier_floor, tier_mmr, tier_cum, mark):
+              s, tier_start, tier_breaks, tier_floor, tier_mmr, tier_cum, mark):
     """Mark price of one symbol at which cushion + Σ_legs(upnl − mm − fee) = 0 (model §6).
 
     Legs are rows i0..i1-1 (one position, or both legs of a hedge-mode symbol) moving
@@ -352,7 +356,7 @@ def liq_price(cushion, i0, i1, qty, entry_unit, inv_leverage, inverse, direction
     """
     if i1 - i0 == 1 and qty[i0] != 0.0:
         t = _liq_price_single(cushion, qty[i0], entry_unit[i0], inv_leverage[i0], inverse, direction, face, taker,
-                              mm_fraction, t0, t1, tier_floor, tier_mmr, tier_cum, mark)
+                              mm_fraction, s, tier_start, tier_breaks, tier_floor, tier_mmr, tier_cum, mark)
         if t != -1.0:
             if not (t > 0.0 and t < np.inf):
                 return np.nan
@@ -360,6 +364,7 @@ def liq_price(cushion, i0, i1, qty, entry_unit, inv_leverage, inverse, direction
             return price if price < np.inf else np.nan
     n_legs = i1 - i0
     tiered = not is_fraction_model(mm_fraction)
+    t0, t1 = tier_start[s], tier_start[s + 1]
     k0 = t0
     k1 = t0
     t_now = 1.0 / mark if inverse else mark
@@ -433,6 +438,7 @@ def scan_pass(wallets, all_wallets, wal, pos, inst, marks, fig, acct, with_posit
     isolated, isolated_units = pos.isolated, pos.isolated_margin
     inverse, face, taker, mm_fraction, symbol_unit = inst.inverse, inst.face, inst.taker, inst.mm_fraction, inst.unit
     tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
+    tier_breaks = inst.tier_breaks
     mark, face_mark, direction = marks.mark, marks.face_mark, marks.direction
     p_notional, p_upnl, p_im, p_mm, p_fee = fig.notional, fig.upnl, fig.im, fig.mm, fig.fee
     p_roe, p_margin_balance, p_risk_ratio = fig.roe, fig.margin_balance, fig.risk_ratio
@@ -457,8 +463,8 @@ def scan_pass(wallets, all_wallets, wal, pos, inst, marks, fig, acct, with_posit
             s = symbol[i]
             q = qty[i]
             notional, upnl, im, mm, fee = row_figures(q, entry_unit[i], inv_leverage[i], face_mark[s], direction[s],
-                                                      taker[s], mm_fraction[s], tier_start[s], tier_start[s + 1],
-                                                      tier_floor, tier_mmr, tier_cum)
+                                                      taker[s], mm_fraction[s], s, tier_start, tier_breaks, tier_mmr,
+                                                      tier_cum)
             if isolated[i]:
                 margin = isolated_units[i] * symbol_unit[s]
                 balance = margin_balance(isolated_units[i], symbol_unit[s], upnl)
@@ -536,19 +542,19 @@ def scan_pass(wallets, all_wallets, wal, pos, inst, marks, fig, acct, with_posit
                 g1 = g0 + 1
                 while g1 < end and symbol[g1] == s:
                     g1 += 1
-                t0, t1 = tier_start[s], tier_start[s + 1]
                 if isolated[g0]:
                     for i in range(g0, g1):
                         price = np.nan
                         if qty[i] != 0.0:
                             price = liq_price(isolated_units[i] * symbol_unit[s], i, i + 1, qty, entry_unit, inv_leverage,
                                               inverse[s], direction[s], face[s], taker[s], mm_fraction[s],
-                                              t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
+                                              s, tier_start, tier_breaks, tier_floor, tier_mmr, tier_cum, mark[s])
                         p_liq_price[i] = price
                 else:
                     cushion = balance + prefix + p_liq_price[g0]
                     price = liq_price(cushion, g0, g1, qty, entry_unit, inv_leverage, inverse[s], direction[s], face[s],
-                                      taker[s], mm_fraction[s], t0, t1, tier_floor, tier_mmr, tier_cum, mark[s])
+                                      taker[s], mm_fraction[s], s, tier_start, tier_breaks, tier_floor, tier_mmr,
+                                      tier_cum, mark[s])
                     for i in range(g0, g1):
                         prefix += p_upnl[i] - p_mm[i] - p_fee[i]
                         p_liq_price[i] = price if qty[i] != 0.0 else np.nan
@@ -572,7 +578,7 @@ def tick_positions(starts, ends, rows, run, inst, marks, w_state, book_rows, boo
     s_symbol, s_qty, s_entry_unit, s_inv_leverage = rows.symbol, rows.qty, rows.entry_unit, rows.inv_leverage
     s_isolated, s_isolated_units, s_wallet = rows.isolated, rows.isolated_margin, rows.wallet
     symbol_unit, taker, mm_fraction = inst.unit, inst.taker, inst.mm_fraction
-    tier_start, tier_floor, tier_mmr, tier_cum = inst.tier_start, inst.tier_floor, inst.tier_mmr, inst.tier_cum
+    tier_start, tier_breaks, tier_mmr, tier_cum = inst.tier_start, inst.tier_breaks, inst.tier_mmr, inst.tier_cum
     face_mark, direction = marks.face_mark, marks.direction
     s_upnl, s_mm, s_im, s_fee, s_notional, s_liquidate = run.upnl, run.mm, run.im, run.fee, run.notional, run.liquidate
     chunks = 8
@@ -589,8 +595,8 @@ def tick_positions(starts, ends, rows, run, inst, marks, w_state, book_rows, boo
                 s = s_symbol[j]
                 q = s_qty[j]
                 notional, upnl, im, mm, fee = row_figures(q, s_entry_unit[j], s_inv_leverage[j], face_mark[s],
-                                                          direction[s], taker[s], mm_fraction[s], tier_start[s],
-                                                          tier_start[s + 1], tier_floor, tier_mmr, tier_cum)
+                                                          direction[s], taker[s], mm_fraction[s], s, tier_start,
+                                                          tier_breaks, tier_mmr, tier_cum)
                 w = s_wallet[j]
                 if s_isolated[j]:
                     w_state[w, ISO_UPNL] += upnl - s_upnl[j]

@@ -89,7 +89,7 @@ def apply_kernel(req, wal, pos, inst, fig, state):
     balance, wallet_unit, order_margin = wal.balance, wal.unit, wal.order_margin
     symbol, qty, leverage, isolated, isolated_margin = pos.symbol, pos.qty, pos.leverage, pos.isolated, \
         pos.isolated_margin
-    symbol_unit, mm_fraction, tier_start, tier_floor = inst.unit, inst.mm_fraction, inst.tier_start, inst.tier_floor
+    symbol_unit, mm_fraction, tier_start, tier_breaks = inst.unit, inst.mm_fraction, inst.tier_start, inst.tier_breaks
     tier_mmr, tier_cum, tier_max_leverage = inst.tier_mmr, inst.tier_cum, inst.tier_max_leverage
     notional, upnl, im, mm, fee = fig.notional, fig.upnl, fig.im, fig.mm, fig.fee
     for g in prange(len(group_start) - 1):
@@ -151,7 +151,7 @@ def apply_kernel(req, wal, pos, inst, fig, state):
             elif k == LEVERAGE:
                 s = symbol[p]
                 lev = value[r]
-                t = tier_of(notional[p], tier_start[s], tier_start[s + 1], tier_floor)
+                t = tier_of(notional[p], s, tier_start, tier_breaks)
                 if lev > tier_max_leverage[t]:
                     code = ABOVE_TIER_MAX
                 else:
