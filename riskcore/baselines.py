@@ -5,7 +5,7 @@
   mask per tier, bincount per wallet); both handle generated books (derived maintenance
   amounts);
 - the bandwidth floor: a kernel that reads every input column of the scan and writes every
-  output column once, with the same threads and nothing else.
+  output column once (positions' and wallets'), with the same threads and nothing else.
 """
 
 import numpy as np
@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from .book import Book
 from .config import JIT_PARALLEL
+from .kernels import ACCOUNT_FIGURES
 
 
 def polars_flags(tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -80,19 +81,28 @@ def numpy_flags(book: Book, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(**JIT_PARALLEL)
-def _touch(symbol, qty, entry_unit, inv_leverage, isolated, isolated_units, outputs, flags):
+def _touch(symbol, qty, entry_unit, inv_leverage, isolated, isolated_units, outputs, flags,
+           pos_start, balance, order_margin, wallet_outputs, wallet_flags):
     for i in prange(len(qty)):
         x = qty[i] + entry_unit[i] + inv_leverage[i] + isolated_units[i] + symbol[i]
         for k in range(outputs.shape[0]):
             outputs[k, i] = x
         flags[i] = isolated[i]
+    for w in prange(len(balance)):
+        x = pos_start[w] + balance[w] + order_margin[w]
+        for k in range(wallet_outputs.shape[0]):
+            wallet_outputs[k, w] = x
+        wallet_flags[w] = x > 0
 
 
 def bandwidth_floor(book: Book, n_outputs: int):
-    """A callable that moves the scan's bytes once: reads its six input columns, writes
-    `n_outputs` float columns and the flag column (plus nothing per wallet)."""
-    pos = book.positions
+    """A callable that moves the scan's bytes once: reads its six position input columns and
+    three wallet columns, writes `n_outputs` float columns and the flag per position, and the
+    account figures (ACCOUNT_FIGURES float columns and the flag) per wallet."""
+    pos, wal = book.positions, book.wallets
     outputs = np.empty((n_outputs, len(pos)))
     flags = np.empty(len(pos), dtype=bool)
-    return lambda: _touch(pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage, pos.isolated,
-                          pos.isolated_margin, outputs, flags)
+    wallet_outputs = np.empty((len(ACCOUNT_FIGURES), len(wal)))
+    wallet_flags = np.empty(len(wal), dtype=bool)
+    return lambda: _touch(pos.symbol, pos.qty, pos.entry_unit, pos.inv_leverage, pos.isolated, pos.isolated_margin,
+                          outputs, flags, wal.pos_start, wal.balance, wal.order_margin, wallet_outputs, wallet_flags)
