@@ -63,7 +63,7 @@ def cmd_scan(args) -> None:
     t = time.perf_counter()
     book = load_book(args.book, marks=args.marks)
     loaded = time.perf_counter()
-    result = scan(book, liq_prices=not args.no_liq_price)
+    result = scan(book, liq_prices=not args.no_liq_price, columns=args.columns)
     print(result.summary())
     if args.out:
         with output_dir(args.out, command="scan", inputs=(args.book, args.marks), force=args.force) as tmp:
@@ -244,6 +244,18 @@ def _count(low: int, high: int | None = None):
 SEED = _count(0, 2**32 - 1)
 
 
+def _scan_columns(text: str) -> list[str]:
+    """An argparse type: comma-separated scan output columns, checked against the scan's own
+    lists (an unknown name exits 2 naming it)."""
+    from .scan import output_columns
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        output_columns(names)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line and exit 2, like every other refusal (`--help` shows usage)."""
 
@@ -277,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--marks", type=Path, help="marks Parquet file (replaces BOOK/marks)")
     s.add_argument("--out", type=Path, metavar="DIR", help="write positions.parquet and accounts.parquet here")
     s.add_argument("--no-liq-price", action="store_true", help="skip liquidation prices (faster)")
+    s.add_argument("--columns", type=_scan_columns, metavar="A,B,...",
+                   help="only these positions/accounts columns (keys always kept; liquidation prices are "
+                        "computed only if liq_price is named)")
     _add_force(s)
     s.set_defaults(func=cmd_scan)
 

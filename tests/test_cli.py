@@ -42,6 +42,27 @@ def test_scan_writes_outputs_and_summary(book_dir, tmp_path, capsys):
     assert acc["account_id"].n_unique() == 300
 
 
+def test_scan_writes_only_the_columns_asked_and_the_keys(book_dir, tmp_path, capsys):
+    assert main(["scan", str(book_dir), "--out", str(tmp_path / "all")]) == 0
+    assert main(["scan", str(book_dir), "--columns", "liquidate, equity,liq_price", "--out", str(tmp_path / "few")]) == 0
+    assert "to liquidate" in capsys.readouterr().out  # the summary shows what the columns allow
+    for table, columns in (("positions", ["account_id", "symbol", "position_side", "liq_price", "liquidate"]),
+                           ("accounts", ["account_id", "asset", "equity", "liquidate"])):
+        few = pl.read_parquet(tmp_path / "few" / f"{table}.parquet")
+        assert few.columns == columns
+        assert few.equals(pl.read_parquet(tmp_path / "all" / f"{table}.parquet").select(columns))
+
+
+def test_scan_refuses_an_unknown_column_with_one_usage_line(book_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["scan", str(book_dir), "--columns", "equity,margin", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("riskcore: error: riskcore scan: argument --columns: "
+                                               "unknown column 'margin' (positions: account_id,")
+    assert not (tmp_path / "o").exists()
+
+
 def test_scan_with_marks_file(book_dir, tmp_path, capsys):
     marks = pl.read_parquet(book_dir / "marks.parquet").with_columns(pl.col("mark_price") * 0.5)
     marks.write_parquet(tmp_path / "crash.parquet")
