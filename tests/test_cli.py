@@ -131,14 +131,21 @@ def test_folder_of_parts(book_dir, tmp_path, capsys):
     assert "scanned 3,000 positions" in capsys.readouterr().out
 
 
-def test_bench_table_and_json(tmp_path, capsys):
+def test_bench_table_and_json(tmp_path, capsys, monkeypatch):
     import json
+    from riskcore import bench
+    monkeypatch.setattr(bench, "PROCESS_RUNS", 1)
     assert main(["bench", "--positions", "20000", "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
     assert "scan: all figures + liquidation prices" in out and "vs polars" in out
     report = json.loads((tmp_path / "b.json").read_text())
     ops = {r["operation"]: r for r in report["results"]}
     assert ops["scan: flags + account figures"]["speedup_vs_polars"] > 0 and report["book"]["positions"] == 20000
+    assert ops["whole process: riskcore scan --no-liq-price --out DIR"]["speedup_vs_polars"] > 0
+    assert 0 < ops["whole process: polars script (no liquidation prices)"]["peak_rss_mb"]
+    start_up = next(r for r in report["results"] if r["operation"].startswith("start-up"))
+    assert 0 < start_up["import_ms"] < start_up["median_ms"]
+    assert report["machine"]["vector_width"] in ("AVX-512", "AVX2", "other") and report["machine"]["cpu_model"]
 
 
 def test_compiled_cache_survives_a_thread_count_change(book_dir):
