@@ -148,6 +148,25 @@ def test_bench_table_and_json(tmp_path, capsys, monkeypatch):
     assert report["machine"]["vector_width"] in ("AVX-512", "AVX2", "other") and report["machine"]["cpu_model"]
 
 
+def test_imports_are_lazy_and_the_api_whole():
+    """The command line imports only what a command runs; the public names stay what they
+    are however the modules behind them were imported first (riskcore.scan is also a module)."""
+    code = """
+import sys
+import riskcore.cli
+assert not {"numba", "polars", "pyarrow"} & set(sys.modules), sorted(sys.modules)
+import riskcore.scan, riskcore.settle
+import riskcore as rc
+assert rc.scan.__module__ == "riskcore.scan" and callable(rc.scan) and callable(rc.settle)
+assert "riskcore.engine" not in sys.modules and "riskcore.ops" not in sys.modules
+assert [name for name in rc.__all__ if getattr(rc, name) is None] == [] and rc.__version__
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([sys.executable, "-m", "riskcore", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "scan" in run.stdout
+
+
 def test_compiled_cache_survives_a_thread_count_change(book_dir):
     """numba #7518: cached parallel kernels once baked in the thread count; re-run from the
     cache with 1 and then 2 threads and expect identical output."""
