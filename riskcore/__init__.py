@@ -1,20 +1,45 @@
 """riskcore: a vectorised risk engine for large crypto-futures books."""
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+import sys
+import types
 
-try:
-    __version__ = version("riskcore")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "unknown"
+# The public API, each name imported from its module on first use, so a command loads only
+# what it runs (`riskcore scan` never imports the engine, settlement or margin operations;
+# `riskcore --help` not even numba).
+_PUBLIC = {"Book": "book", "BookError": "errors", "Engine": "engine", "MoneyOverflowError": "errors",
+           "OutputError": "output", "ScanResult": "scan", "Settlement": "settle", "TickError": "engine",
+           "apply_requests": "ops", "load_book": "io", "scan": "scan", "settle": "settle"}
+__all__ = sorted(_PUBLIC)
 
-from .book import Book
-from .engine import Engine, TickError
-from .errors import BookError, MoneyOverflowError
-from .io import load_book
-from .ops import apply_requests
-from .output import OutputError
-from .scan import ScanResult, scan
-from .settle import Settlement, settle
 
-__all__ = ["Book", "BookError", "Engine", "MoneyOverflowError", "OutputError", "ScanResult", "Settlement",
-           "TickError", "apply_requests", "load_book", "scan", "settle"]
+def __getattr__(name: str):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            value = version("riskcore")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            value = "unknown"
+    elif name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """`scan` and `settle` are functions of the API and modules too: importing the module
+    riskcore.scan would set the package's `scan` to it. Setting a public name to a module is
+    dropped, so the name stays the function (__getattr__ above)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _PUBLIC and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .book import MODES, SIDES, Book
-from .config import DEFAULT_MONEY_SCALE
+from .config import DEFAULT_MONEY_SCALE, PARQUET_COMPRESSION
 from .errors import BookError
 from .tables import first_line, arrow_to_frame, categorical, float_text64, needs_normalizing, normalize_arrow
 from .money import to_units, units_to_decimal
@@ -173,10 +173,11 @@ def writing(path: Path | str):
         raise BookError(str(path), None, f"cannot write: {reason}") from None
 
 
-def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
-    """One Parquet file (into a command's staging folder: see output.output_dir)."""
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """One Parquet file (into a command's staging folder: see output.output_dir), written as
+    config.PARQUET_COMPRESSION says."""
     with writing(path):
-        pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, path)
+        df.write_parquet(path, compression=PARQUET_COMPRESSION)
 
 
 def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:
@@ -235,9 +236,7 @@ def write_tables(tables: dict[str, pl.DataFrame], folder: Path | str, scale: int
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
-        table = df.to_arrow()
         money = MONEY_COLUMNS.get(name)
         if money is not None and not isinstance(df[money].dtype, pl.Decimal):
-            table = table.set_column(table.schema.get_field_index(money), money,
-                                     units_to_decimal(to_units(df[money], scale, name), scale))
-        write_parquet(table, folder / f"{name}.parquet")
+            df = df.with_columns(pl.from_arrow(units_to_decimal(to_units(df[money], scale, name), scale)).alias(money))
+        write_parquet(df, folder / f"{name}.parquet")

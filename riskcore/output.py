@@ -29,7 +29,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
 from .errors import BookError
 from .io import writing
 
@@ -187,6 +186,7 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 def _write_manifest(stage: Path, command: str) -> None:
+    from . import __version__  # looked up only when a command writes
     files = _files(stage)
     manifest = dict(riskcore=__version__, command=command, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     argv=sys.argv[1:], files=files)

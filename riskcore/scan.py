@@ -14,6 +14,28 @@ from .tables import categorical
 
 NULL_WHEN_NAN = ("margin_balance", "risk_ratio", "liq_price")  # null for cross rows / no solution
 
+# The scan's output tables, in column order; the keys are in every output (`columns=` below).
+POSITION_KEYS = ("account_id", "symbol", "position_side")
+ACCOUNT_KEYS = ("account_id", "asset")
+POSITION_COLUMNS = (*POSITION_KEYS, "margin_mode", "qty", *POSITION_FIGURES, "liquidate")
+ACCOUNT_COLUMNS = (*ACCOUNT_KEYS, "equity", "cross_mm", "cross_im", "cross_fee", "order_margin", "risk_ratio",
+                   "available_balance", "transferable", "total_equity", "liquidate")
+
+
+def output_columns(columns=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (positions, accounts) columns of a scan asked for `columns`: every column for None,
+    else the keys and the names given (a name is taken from each table that has it, e.g.
+    `liquidate` from both), in the tables' own order. An unknown name is a ValueError."""
+    if columns is None:
+        return POSITION_COLUMNS, ACCOUNT_COLUMNS
+    asked = {columns} if isinstance(columns, str) else set(columns)
+    unknown = sorted(asked.difference(POSITION_COLUMNS, ACCOUNT_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"(positions: {','.join(POSITION_COLUMNS)}; accounts: {','.join(ACCOUNT_COLUMNS)})")
+    return (tuple(c for c in POSITION_COLUMNS if c in asked or c in POSITION_KEYS),
+            tuple(c for c in ACCOUNT_COLUMNS if c in asked or c in ACCOUNT_KEYS))
+
 
 @dataclass
 class ScanArrays:
@@ -74,90 +96,107 @@ class ScanResult:
     assets: list[str]
 
     def summary(self, top: int = 5) -> str:
-        """What a risk desk looks at first: who must be liquidated, the worst ratios, totals."""
+        """What a risk desk looks at first: who must be liquidated, the worst ratios, totals
+        (each part shown when the result has its columns: see scan's `columns`)."""
         acc, pos = self.accounts, self.positions
-        liq_acc = acc.filter(pl.col("liquidate"))
-        liq_iso = pos.filter(pl.col("liquidate") & (pl.col("margin_mode") == "isolated"))
-        lines = [
-            f"scanned {pos.height:,} positions in {acc.height:,} wallets "
-            f"({acc['account_id'].n_unique():,} accounts) in {self.kernel_seconds * 1e3:.1f} ms",
-            f"to liquidate: {liq_acc.height:,} cross accounts "
-            f"({pos.filter(pl.col('liquidate') & (pl.col('margin_mode') == 'cross')).height:,} positions), "
-            f"{liq_iso.height:,} isolated positions",
-        ]
-        worst = (acc.filter(pl.col("cross_mm") > 0).sort("risk_ratio", descending=True).head(top)
-                 .select("account_id", "asset", "equity", "cross_mm", "cross_fee", "risk_ratio"))
-        if worst.height:
-            lines.append(f"worst {worst.height} cross accounts by risk ratio:")
-            lines += [f"  account {r['account_id']:>10} {r['asset']:<5} equity {_money(r['equity'])}  "
-                      f"mm {_money(r['cross_mm'])}  fee {_money(r['cross_fee'])}  risk {r['risk_ratio']:.4f}"
-                      for r in worst.iter_rows(named=True)]
-        worst_iso = liq_iso.sort("risk_ratio", descending=True).head(top)
-        if worst_iso.height:
-            lines.append(f"isolated positions to liquidate, worst {worst_iso.height} by risk ratio:")
-            lines += [f"  account {r['account_id']:>10} {r['symbol']:<10} {r['position_side']:<5} qty {r['qty']:>16,.6g}  "
-                      f"margin balance {r['margin_balance']:>14,.6g}  mm {r['mm']:>12,.6g}  risk {r['risk_ratio']:.4f}"
-                      for r in worst_iso.iter_rows(named=True)]
-        totals = (acc.group_by("asset", maintain_order=True)
-                  .agg(pl.len().alias("wallets"), pl.col("equity").sum(), pl.col("cross_mm").sum(),
-                       pl.col("order_margin").sum(), pl.col("total_equity").sum(),
-                       pl.col("liquidate").sum().alias("to_liquidate"))
-                  .sort("wallets", "asset", descending=[True, False]))
-        lines.append("totals per settlement asset" + (f" (the {top} with most wallets of {totals.height}):"
-                                                      if totals.height > top else ":"))
-        totals = totals.head(top)
-        lines += [f"  {r['asset']:<5} wallets {r['wallets']:>9,}  equity {_money(r['equity'])}  "
-                  f"cross mm {_money(r['cross_mm'])}  order margin {_money(r['order_margin'])}  "
-                  f"to liquidate {r['to_liquidate']:,}"
-                  for r in totals.iter_rows(named=True)]
+        lines = [f"scanned {pos.height:,} positions in {acc.height:,} wallets "
+                 f"({acc['account_id'].n_unique():,} accounts) in {self.kernel_seconds * 1e3:.1f} ms"]
+        flags = _has(pos, "liquidate", "margin_mode") and _has(acc, "liquidate")
+        if flags:
+            liq_iso = pos.filter(pl.col("liquidate") & (pl.col("margin_mode") == "isolated"))
+            lines.append(f"to liquidate: {int(acc['liquidate'].sum()):,} cross accounts "
+                         f"({pos.filter(pl.col('liquidate') & (pl.col('margin_mode') == 'cross')).height:,} "
+                         f"positions), {liq_iso.height:,} isolated positions")
+        if _has(acc, "equity", "cross_mm", "cross_fee", "risk_ratio"):
+            worst = (acc.filter(pl.col("cross_mm") > 0).sort("risk_ratio", descending=True).head(top)
+                     .select("account_id", "asset", "equity", "cross_mm", "cross_fee", "risk_ratio"))
+            if worst.height:
+                lines.append(f"worst {worst.height} cross accounts by risk ratio:")
+                lines += [f"  account {r['account_id']:>10} {r['asset']:<5} equity {_money(r['equity'])}  "
+                          f"mm {_money(r['cross_mm'])}  fee {_money(r['cross_fee'])}  risk {r['risk_ratio']:.4f}"
+                          for r in worst.iter_rows(named=True)]
+        if flags and _has(pos, "qty", "margin_balance", "mm", "risk_ratio"):
+            worst_iso = liq_iso.sort("risk_ratio", descending=True).head(top)
+            if worst_iso.height:
+                lines.append(f"isolated positions to liquidate, worst {worst_iso.height} by risk ratio:")
+                lines += [f"  account {r['account_id']:>10} {r['symbol']:<10} {r['position_side']:<5} "
+                          f"qty {r['qty']:>16,.6g}  margin balance {r['margin_balance']:>14,.6g}  "
+                          f"mm {r['mm']:>12,.6g}  risk {r['risk_ratio']:.4f}"
+                          for r in worst_iso.iter_rows(named=True)]
+        if _has(acc, "equity", "cross_mm", "order_margin", "total_equity", "liquidate"):
+            totals = (acc.group_by("asset", maintain_order=True)
+                      .agg(pl.len().alias("wallets"), pl.col("equity").sum(), pl.col("cross_mm").sum(),
+                           pl.col("order_margin").sum(), pl.col("total_equity").sum(),
+                           pl.col("liquidate").sum().alias("to_liquidate"))
+                      .sort("wallets", "asset", descending=[True, False]))
+            lines.append("totals per settlement asset" + (f" (the {top} with most wallets of {totals.height}):"
+                                                          if totals.height > top else ":"))
+            lines += [f"  {r['asset']:<5} wallets {r['wallets']:>9,}  equity {_money(r['equity'])}  "
+                      f"cross mm {_money(r['cross_mm'])}  order margin {_money(r['order_margin'])}  "
+                      f"to liquidate {r['to_liquidate']:,}"
+                      for r in totals.head(top).iter_rows(named=True)]
         return "\n".join(lines)
 
 
-def scan(book, marks=None, *, liq_prices: bool = True) -> ScanResult:
+def _has(frame: pl.DataFrame, *columns: str) -> bool:
+    return all(c in frame.columns for c in columns)
+
+
+def scan(book, marks=None, *, liq_prices: bool = True, columns=None) -> ScanResult:
     """Every figure of model §4–6 for every position and wallet, as polars DataFrames.
 
     `book`: a Book or a book folder; `marks`: a marks table (polars/pyarrow, or a Parquet
     path) or None to use the book's own marks. Every
-    symbol with a non-flat position needs a mark. Output rows are in book order (positions
-    by account, asset, symbol, side; wallets by account, asset); figure columns are the
-    kernel's arrays, handed to polars without a copy where polars allows.
+    symbol with a non-flat position needs a mark. `columns`: names of positions and accounts
+    columns to return (the keys are always there; see output_columns); liquidation prices
+    are computed only when `liq_price` is among them and `liq_prices` holds. Output rows are
+    in book order (positions by account, asset, symbol, side; wallets by account, asset);
+    figure columns are the kernel's arrays, handed to polars without a copy where polars allows.
     """
+    position_columns, account_columns = output_columns(columns)
     book = as_book(book)
     marks, marks_name = as_table(marks, "marks")
     mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
     book.check_marks(mark, None if marks is None else marks_name)
+    with_liq_price = liq_prices and "liq_price" in position_columns
     out = ScanArrays.empty(len(book.positions), len(book.wallets))
-    scan_into(book, mark, out, with_liq_price=liq_prices, wallets=_NO_WALLETS)  # load the kernel: not timed
+    scan_into(book, mark, out, with_liq_price=with_liq_price, wallets=_NO_WALLETS)  # load the kernel: not timed
     t = time.perf_counter()
-    scan_into(book, mark, out, with_liq_price=liq_prices)
+    scan_into(book, mark, out, with_liq_price=with_liq_price)
     seconds = time.perf_counter() - t
-    if not liq_prices:
-        out.positions["liq_price"][:] = np.nan
-    return ScanResult(_positions_frame(book, out), _accounts_frame(book, out), seconds, book.assets)
+    if "liq_price" in position_columns and not with_liq_price:
+        out.positions["liq_price"][:] = np.nan  # asked for without computing: null
+    return ScanResult(_positions_frame(book, out, position_columns), _accounts_frame(book, out, account_columns),
+                      seconds, book.assets)
 
 
-def _positions_frame(book: Book, out: ScanArrays) -> pl.DataFrame:
+def _positions_frame(book: Book, out: ScanArrays, columns: tuple[str, ...]) -> pl.DataFrame:
     pos = book.positions
-    cols = {
-        "account_id": pl.Series(book.wallets.account_id[pos.wallet]),
-        "symbol": categorical(pos.symbol, book.instruments.symbol),
-        "position_side": categorical(pos.side, SIDES),
-        "margin_mode": categorical(pos.isolated.astype(np.int32), MODES),
-        "qty": pl.Series(pos.qty),
-    }
-    for name in POSITION_FIGURES:
-        cols[name] = pl.Series(out.positions[name], nan_to_null=name in NULL_WHEN_NAN)
-    cols["liquidate"] = pl.Series(out.positions["liquidate"])
-    return pl.DataFrame(cols)
+
+    def column(name: str) -> pl.Series:
+        if name == "account_id":
+            return pl.Series(book.wallets.account_id[pos.wallet])
+        if name == "symbol":
+            return categorical(pos.symbol, book.instruments.symbol)
+        if name == "position_side":
+            return categorical(pos.side, SIDES)
+        if name == "margin_mode":
+            return categorical(pos.isolated.astype(np.int32), MODES)
+        if name == "qty":
+            return pl.Series(pos.qty)
+        return pl.Series(out.positions[name], nan_to_null=name in NULL_WHEN_NAN)
+    return pl.DataFrame({name: column(name) for name in columns})
 
 
-def _accounts_frame(book: Book, out: ScanArrays) -> pl.DataFrame:
-    wal, a = book.wallets, out.accounts
-    cols = {"account_id": pl.Series(wal.account_id),
-            "asset": categorical(wal.asset, book.assets)}
-    for name in ("equity", "cross_mm", "cross_im", "cross_fee"):
-        cols[name] = pl.Series(a[name])
-    cols["order_margin"] = pl.Series(wal.order_margin)
-    for name in ("risk_ratio", "available_balance", "transferable", "total_equity", "liquidate"):
-        cols[name] = pl.Series(a[name])
-    return pl.DataFrame(cols)
+def _accounts_frame(book: Book, out: ScanArrays, columns: tuple[str, ...]) -> pl.DataFrame:
+    wal = book.wallets
+
+    def column(name: str) -> pl.Series:
+        if name == "account_id":
+            return pl.Series(wal.account_id)
+        if name == "asset":
+            return categorical(wal.asset, book.assets)
+        if name == "order_margin":
+            return pl.Series(wal.order_margin)
+        return pl.Series(out.accounts[name])
+    return pl.DataFrame({name: column(name) for name in columns})

@@ -42,6 +42,27 @@ def test_scan_writes_outputs_and_summary(book_dir, tmp_path, capsys):
     assert acc["account_id"].n_unique() == 300
 
 
+def test_scan_writes_only_the_columns_asked_and_the_keys(book_dir, tmp_path, capsys):
+    assert main(["scan", str(book_dir), "--out", str(tmp_path / "all")]) == 0
+    assert main(["scan", str(book_dir), "--columns", "liquidate, equity,liq_price", "--out", str(tmp_path / "few")]) == 0
+    assert "to liquidate" in capsys.readouterr().out  # the summary shows what the columns allow
+    for table, columns in (("positions", ["account_id", "symbol", "position_side", "liq_price", "liquidate"]),
+                           ("accounts", ["account_id", "asset", "equity", "liquidate"])):
+        few = pl.read_parquet(tmp_path / "few" / f"{table}.parquet")
+        assert few.columns == columns
+        assert few.equals(pl.read_parquet(tmp_path / "all" / f"{table}.parquet").select(columns))
+
+
+def test_scan_refuses_an_unknown_column_with_one_usage_line(book_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["scan", str(book_dir), "--columns", "equity,margin", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("riskcore: error: riskcore scan: argument --columns: "
+                                               "unknown column 'margin' (positions: account_id,")
+    assert not (tmp_path / "o").exists()
+
+
 def test_scan_with_marks_file(book_dir, tmp_path, capsys):
     marks = pl.read_parquet(book_dir / "marks.parquet").with_columns(pl.col("mark_price") * 0.5)
     marks.write_parquet(tmp_path / "crash.parquet")
@@ -110,14 +131,40 @@ def test_folder_of_parts(book_dir, tmp_path, capsys):
     assert "scanned 3,000 positions" in capsys.readouterr().out
 
 
-def test_bench_table_and_json(tmp_path, capsys):
+def test_bench_table_and_json(tmp_path, capsys, monkeypatch):
     import json
+    from riskcore import bench
+    monkeypatch.setattr(bench, "PROCESS_RUNS", 1)
     assert main(["bench", "--positions", "20000", "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
     assert "scan: all figures + liquidation prices" in out and "vs polars" in out
     report = json.loads((tmp_path / "b.json").read_text())
     ops = {r["operation"]: r for r in report["results"]}
     assert ops["scan: flags + account figures"]["speedup_vs_polars"] > 0 and report["book"]["positions"] == 20000
+    assert ops["whole process: riskcore scan --no-liq-price --out DIR"]["speedup_vs_polars"] > 0
+    assert 0 < ops["whole process: polars script (no liquidation prices)"]["peak_rss_mb"]
+    start_up = next(r for r in report["results"] if r["operation"].startswith("start-up"))
+    assert 0 < start_up["import_ms"] + start_up["first_scan_ms"] < start_up["median_ms"]
+    assert report["machine"]["vector_width"] in ("AVX-512", "AVX2", "other") and report["machine"]["cpu_model"]
+
+
+def test_imports_are_lazy_and_the_api_whole():
+    """The command line imports only what a command runs; the public names stay what they
+    are however the modules behind them were imported first (riskcore.scan is also a module)."""
+    code = """
+import sys
+import riskcore.cli
+assert not {"numba", "polars", "pyarrow"} & set(sys.modules), sorted(sys.modules)
+import riskcore.scan, riskcore.settle
+import riskcore as rc
+assert rc.scan.__module__ == "riskcore.scan" and callable(rc.scan) and callable(rc.settle)
+assert "riskcore.engine" not in sys.modules and "riskcore.ops" not in sys.modules
+assert [name for name in rc.__all__ if getattr(rc, name) is None] == [] and rc.__version__
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([sys.executable, "-m", "riskcore", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "scan" in run.stdout
 
 
 def test_compiled_cache_survives_a_thread_count_change(book_dir):

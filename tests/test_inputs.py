@@ -471,13 +471,14 @@ def test_settle_keeps_valid_orders_and_reads_decimal256_parts(tmp_path, capsys):
 def test_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
     book = write_book(tmp_path / "b")
 
-    def full(*args, **kwargs):  # what pyarrow raises on ENOSPC
-        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
-    monkeypatch.setattr(pq, "write_table", full)
-    refused(capsys, "scan", book, "--out", tmp_path / "o",
-            names=(tmp_path / "o" / "positions.parquet", "No space left on device"))
     req = tmp_path / "req.parquet"
     pl.DataFrame({"request_id": [1], "account_id": [1], "op": ["transfer_in"], "value": [1.0]}).write_parquet(req)
+
+    def full(*args, **kwargs):  # what polars raises on ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device (os error 28)")
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    refused(capsys, "scan", book, "--out", tmp_path / "o",
+            names=(tmp_path / "o" / "positions.parquet", "No space left on device"))
     refused(capsys, "apply", book, req, "--out", tmp_path / "o2", names=(tmp_path / "o2", "No space left on device"))
     assert not (tmp_path / "o2").exists()
 

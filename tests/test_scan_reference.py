@@ -177,3 +177,21 @@ def test_subset_rescan_equals_full_scan():
         np.testing.assert_array_equal(out.positions[name], full.positions[name], err_msg=name)
     for name in full.accounts:
         np.testing.assert_array_equal(out.accounts[name], full.accounts[name], err_msg=name)
+
+
+def test_columns_keep_the_keys_and_equal_the_full_scan():
+    from riskcore.gen import generate
+    from riskcore.scan import ACCOUNT_COLUMNS, POSITION_COLUMNS
+    book = rc.Book.from_tables(**generate(300, 3000, 40, seed=2))
+    full = rc.scan(book)
+    few = rc.scan(book, columns=["mm", "order_margin", "risk_ratio"])
+    assert few.positions.columns == ["account_id", "symbol", "position_side", "mm", "risk_ratio"]
+    assert few.accounts.columns == ["account_id", "asset", "order_margin", "risk_ratio"]
+    assert few.positions.equals(full.positions.select(few.positions.columns))
+    assert few.accounts.equals(full.accounts.select(few.accounts.columns))
+    assert rc.scan(book, columns="liq_price").positions.equals(full.positions.select(*POSITION_COLUMNS[:3], "liq_price"))
+    assert rc.scan(book, columns=()).accounts.columns == list(ACCOUNT_COLUMNS[:2])
+    assert rc.scan(book, columns=["liq_price"], liq_prices=False).positions["liq_price"].null_count() == 3000
+    assert "scanned 3,000 positions" in few.summary()
+    with pytest.raises(ValueError, match="unknown columns 'margin', 'pnl'"):
+        rc.scan(book, columns=["equity", "pnl", "margin"])
