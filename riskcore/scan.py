@@ -88,6 +88,13 @@ def _money(x: float) -> str:
     return f"{x:>18,.2f}" if abs(x) >= 100 else f"{x:>18.8f}"
 
 
+def _worst(frame: pl.DataFrame, top: int) -> pl.DataFrame:
+    """The `top` rows of highest risk ratio, highest first (ties in row order): top_k, not a
+    sort of millions of rows."""
+    return (frame.with_row_index("_row").top_k(top, by=["risk_ratio", -pl.col("_row").cast(pl.Int64)])
+            .sort("risk_ratio", "_row", descending=[True, False]).drop("_row"))
+
+
 @dataclass
 class ScanResult:
     positions: pl.DataFrame
@@ -108,7 +115,7 @@ class ScanResult:
                          f"({pos.filter(pl.col('liquidate') & (pl.col('margin_mode') == 'cross')).height:,} "
                          f"positions), {liq_iso.height:,} isolated positions")
         if _has(acc, "equity", "cross_mm", "cross_fee", "risk_ratio"):
-            worst = (acc.filter(pl.col("cross_mm") > 0).sort("risk_ratio", descending=True).head(top)
+            worst = (_worst(acc.filter(pl.col("cross_mm") > 0), top)
                      .select("account_id", "asset", "equity", "cross_mm", "cross_fee", "risk_ratio"))
             if worst.height:
                 lines.append(f"worst {worst.height} cross accounts by risk ratio:")
@@ -116,7 +123,7 @@ class ScanResult:
                           f"mm {_money(r['cross_mm'])}  fee {_money(r['cross_fee'])}  risk {r['risk_ratio']:.4f}"
                           for r in worst.iter_rows(named=True)]
         if flags and _has(pos, "qty", "margin_balance", "mm", "risk_ratio"):
-            worst_iso = liq_iso.sort("risk_ratio", descending=True).head(top)
+            worst_iso = _worst(liq_iso, top)
             if worst_iso.height:
                 lines.append(f"isolated positions to liquidate, worst {worst_iso.height} by risk ratio:")
                 lines += [f"  account {r['account_id']:>10} {r['symbol']:<10} {r['position_side']:<5} "
