@@ -14,9 +14,10 @@ from .errors import BookError
 # The compiled entry points each command runs (their callees compile with them).
 _LOAD = ("book._wallet_ids", "book._mixed_groups", "book._derive", "money._fixed_units_kernel")
 _SCAN = _LOAD + ("kernels.scan_pass",)
-_TICKS = _SCAN + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
+_AMOUNTS = ("money.decimal_places", "money.amounts_kernel")  # exact settlement and close amounts
+_TICKS = _SCAN + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
 KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + ("ops.apply_kernel",), "replay": _TICKS,
-              "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",)}
+              "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _AMOUNTS}
 
 
 def _cold_cache_notice(command: str) -> None:

@@ -15,6 +15,9 @@ CACHE = os.environ.get("RISKCORE_NO_CACHE", "") not in ("1", "true", "yes")
 
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 JIT_PARALLEL = dict(JIT, parallel=True)
+# Exact money (money.py): every floor decision there rests on IEEE-exact float operations
+# (m / 10^k == x, the error bounds of the certified paths), which 'arcp' or 'afn' could move.
+JIT_EXACT = dict(JIT, fastmath=False)
 
 DEFAULT_ASSET = "USDT"
 DEFAULT_MONEY_SCALE = 8  # decimal places of money per settlement asset unless told otherwise

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 from numba import njit
 
-from .config import JIT
+from .config import JIT, JIT_EXACT
 from .errors import BookError, MoneyOverflowError
 
 _INT64_MAX = 2**63 - 1
@@ -243,27 +243,141 @@ def units_to_decimal(units: np.ndarray, scale: int, from_scale=None) -> pa.Array
 
 MAX_PLACES = 18
 _EPS = np.finfo(np.float64).eps
+# Powers of ten as exact floats (10^0..10^22 are exact; beyond, correctly rounded) and int64s.
+_POW10F = np.array([10.0**k for k in range(40)])
+_POW10I = np.array([10**k for k in range(MAX_PLACES + 1)], dtype=np.int64)
+
+# The exact-amount paths below are compiled per row (JIT_EXACT: IEEE arithmetic throughout,
+# since each path's certificate rests on exact float operations). The array functions are the
+# same row rules over arrays.
 
 
-def decimal_places(x: np.ndarray) -> np.ndarray:
+@njit(**JIT_EXACT)
+def _pow10(k):
+    return _POW10F[k] if 0 <= k < _POW10F.size else 10.0**k
+
+
+@njit(**JIT_EXACT)
+def _places(x):
+    """Decimal places of the float's shortest round-trip decimal, or -1 (beyond 18 places or
+    not finite): the first k at which an integer m with |m| < 2^53 gives m / 10^k == x."""
+    if not np.isfinite(x):
+        return -1
+    for k in range(MAX_PLACES + 1):
+        scale = _POW10F[k]
+        m = np.rint(x * scale)  # x·10^k itself rounds, so the mantissa may be one off
+        for candidate in (m, m - 1.0, m + 1.0):
+            if abs(candidate) < 2.0**53 and candidate / scale == x:
+                return k
+    return -1
+
+
+@njit(**JIT_EXACT)
+def _plus(a, b):
+    """Decimal places of a product from its factors': the sum, -1 (unknown) if either is."""
+    return -1 if a < 0 or b < 0 else a + b
+
+
+@njit(**JIT_EXACT)
+def _floor_grid(value, gross, places, scale):
+    """(floor(value·10^scale), ok) for a value that is an exact decimal with `places` places:
+    value·10^places is an integer and the float product is within 8 ulp of gross·10^places,
+    so below 2^47 rint recovers that integer exactly; the floor to `scale` is then integer
+    arithmetic. Not ok: the exact fallback decides."""
+    if places < 0 or places > MAX_PLACES or not abs(gross * _POW10F[places]) < 2.0**47:
+        return 0, False
+    n = np.int64(np.rint(value * _POW10F[places]))
+    shift = scale - places
+    if shift < 0:
+        return (n // _POW10I[-shift], True) if -shift <= MAX_PLACES else (0, False)
+    if n == 0:
+        return 0, True
+    if not abs(n * _pow10(shift)) < 2.0**62:  # also keeps shift within _POW10I
+        return 0, False
+    return n * _POW10I[shift], True
+
+
+@njit(**JIT_EXACT)
+def _floor_ratio(numerator, gross, places, divisor, divisor_places, scale):
+    """(floor(numerator / divisor · 10^scale), ok) where both are exact decimals (numerator
+    with `places` places, divisor with `divisor_places`): integer mantissas and one exact
+    integer floor division; ok where every integer fits in 62 bits."""
+    if places < 0 or places > MAX_PLACES or divisor_places < 0 or not abs(gross * _POW10F[places]) < 2.0**47:
+        return 0, False
+    m_float = np.rint(divisor * _POW10F[divisor_places])
+    if not (m_float > 0 and m_float < 2.0**62):
+        return 0, False
+    n, m = np.int64(np.rint(numerator * _POW10F[places])), np.int64(m_float)
+    e = scale - places + divisor_places  # floor(n·10^e / m)
+    up, down = max(e, 0), max(-e, 0)
+    if not (abs(n * _pow10(up)) < 2.0**62 and m * _pow10(down) < 2.0**62):
+        return 0, False
+    return (n * _POW10I[up] if n else 0) // (m * _POW10I[down]), True
+
+
+@njit(**JIT_EXACT)
+def _floor_certified(units_f, bound):
+    """(floor(units_f), ok) of a float estimate whose absolute error is below `bound`:
+    certified where the estimate is farther than the bound from an integer."""
+    f = np.floor(units_f)
+    if np.isfinite(units_f) and units_f - f > bound and f + 1 - units_f > bound and abs(units_f) < 2.0**62:
+        return np.int64(f), True
+    return 0, False
+
+
+@njit(**JIT_EXACT)
+def _amount(funding, q, E, f, inverse, P, r, scale, dq, fixed_places, numer_places, dP):
+    """(units, ok) of one row's amount (exact_amounts); not ok: no fast path certifies it."""
+    if q == 0 or (r == 0 if funding else P == E):
+        return 0, True
+    if funding:
+        value = -q * f * r / P if inverse else -q * f * P * r
+        gross = abs(value)
+        if inverse:  # an integer division by the price's mantissa
+            num = -q * f * r
+            units, ok = _floor_ratio(num, abs(num), _plus(dq, numer_places), P, dP, scale)
+        else:
+            units, ok = _floor_grid(value, gross, _plus(dq, fixed_places), scale)
+    else:
+        value = q * f * (P - E) / (E * P) if inverse else q * f * (P - E)
+        gross = abs(q) * f * ((P + E) / (E * P) if inverse else P + E)
+        dE = _places(E)
+        units, ok = 0, False
+        if not inverse:
+            units, ok = _floor_grid(value, gross, _plus(_plus(dq, fixed_places), -1 if dE < 0 or dP < 0 else max(dP, dE)),
+                                    scale)
+    if ok:
+        return units, True
+    unit_scale = _pow10(scale)
+    return _floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
+
+
+@njit(**JIT_EXACT)
+def amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, fixed_places, numer_places,
+                   price_places):
+    """Every row's floored amount in one pass (exact_amounts has the arguments), and where
+    no fast path certifies it (those rows' units are 0 here)."""
+    units = np.zeros(len(qty), np.int64)
+    needs_exact = np.zeros(len(qty), np.bool_)
+    for i in range(len(qty)):
+        s = symbol[i]
+        u, ok = _amount(funding, qty[i], entry[i], face[s], inverse[s], price[s], rate[s], scale[s], _places(qty[i]),
+                        fixed_places[s], numer_places[s], price_places[s])
+        if ok:
+            units[i] = u
+        else:
+            needs_exact[i] = True
+    return units, needs_exact
+
+
+@njit(**JIT_EXACT)
+def decimal_places(x):
     """Decimal places of each float's shortest round-trip decimal (the decimal it prints
     as), or -1 beyond 18 places or non-finite. The float means exactly that decimal."""
-    x = np.asarray(x, dtype=np.float64)
-    places = np.full(len(x), -1, dtype=np.int64)
-    todo = np.flatnonzero(np.isfinite(x))
-    with np.errstate(over="ignore", invalid="ignore"):  # huge values just never match
-        for k in range(MAX_PLACES + 1):
-            if not len(todo):
-                break
-            scale = 10.0**k
-            v = x[todo]
-            m = np.rint(v * scale)  # v·10^k itself rounds, so the mantissa may be one off
-            ok = np.zeros(len(v), dtype=bool)
-            for candidate in (m, m - 1, m + 1):
-                ok |= (np.abs(candidate) < 2.0**53) & (candidate / scale == v)  # converts back to v
-            places[todo[ok]] = k
-            todo = todo[~ok]
-    return places
+    out = np.empty(len(x), np.int64)
+    for i in range(len(x)):
+        out[i] = _places(x[i])
+    return out
 
 
 def add_places(*places: np.ndarray) -> np.ndarray:
@@ -273,98 +387,60 @@ def add_places(*places: np.ndarray) -> np.ndarray:
     return np.where(unknown, -1, total)
 
 
+@njit(**JIT_EXACT)
+def floor_grid(value, gross, places, scale):
+    """_floor_grid per row: (units, ok)."""
+    units, ok = np.zeros(len(value), np.int64), np.zeros(len(value), np.bool_)
+    for i in range(len(value)):
+        units[i], ok[i] = _floor_grid(value[i], gross[i], places[i], scale[i])
+    return units, ok
+
+
+@njit(**JIT_EXACT)
+def floor_certified(units_f, bound):
+    """_floor_certified per row: (units, ok)."""
+    units, ok = np.zeros(len(units_f), np.int64), np.zeros(len(units_f), np.bool_)
+    for i in range(len(units_f)):
+        units[i], ok[i] = _floor_certified(units_f[i], bound[i])
+    return units, ok
+
+
 def exact(x: float):
     """The exact rational value of the decimal a float prints as."""
     from fractions import Fraction
     return Fraction(Decimal(repr(float(x))))
 
 
-def floor_grid(value: np.ndarray, gross: np.ndarray, places: np.ndarray, scale: np.ndarray):
-    """floor(value · 10^scale) for values that are exact decimals with `places` places.
-
-    value·10^places is an integer; the float product is within 8 ulp of gross·10^places,
-    so below 2^47 rint recovers that integer exactly and the floor to `scale` is integer
-    arithmetic. Returns (units, ok); rows not ok need the exact fallback.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):
-        p = 10.0**places
-        ok = (places >= 0) & (places <= MAX_PLACES) & (np.abs(gross * p) < 2.0**47)
-        n = np.where(ok, np.rint(value * p), 0.0).astype(np.int64)
-    shift = scale - np.where(ok, places, scale)
-    up = np.maximum(shift, 0)
-    down = np.maximum(-shift, 0)
-    units = np.where(shift >= 0, n * 10 ** up, np.floor_divide(n, 10 ** down))
-    ok &= np.abs(n.astype(np.float64) * 10.0**up) < 2.0**62
-    return units, ok
-
-
-def floor_ratio_grid(numerator: np.ndarray, gross: np.ndarray, places: np.ndarray, divisor: np.ndarray,
-                     divisor_places: np.ndarray, scale: np.ndarray):
-    """floor(numerator / divisor · 10^scale) where both are exact decimals (numerator with
-    `places` places, divisor with `divisor_places`): integer mantissas and one exact integer
-    floor division. Returns (units, ok); ok where every integer fits in 62 bits."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        ok = (places >= 0) & (places <= MAX_PLACES) & (divisor_places >= 0) & (np.abs(gross * 10.0**places) < 2.0**47)
-        n = np.where(ok, np.rint(numerator * 10.0**places), 0.0).astype(np.int64)
-        m = np.where(ok, np.rint(divisor * 10.0**divisor_places), 1.0).astype(np.int64)
-        e = scale - places + divisor_places  # floor(n·10^e / m)
-        up, down = np.maximum(e, 0), np.maximum(-e, 0)
-        ok &= (np.abs(n * 10.0**up) < 2.0**62) & (np.abs(m * 10.0**down) < 2.0**62) & (m > 0)
-        num = np.where(ok, n, 0) * 10 ** np.where(ok, up, 0)
-        den = np.where(ok, m, 1) * 10 ** np.where(ok, down, 0)
-    return np.floor_divide(num, den), ok
-
-
-def floor_certified(units_f: np.ndarray, bound: np.ndarray):
-    """floor of a float estimate whose absolute error is below `bound`: certified where the
-    estimate is farther than the bound from an integer. Returns (units, ok)."""
-    with np.errstate(invalid="ignore"):
-        f = np.floor(units_f)
-        ok = np.isfinite(units_f) & (units_f - f > bound) & (f + 1 - units_f > bound) & (np.abs(units_f) < 2.0**62)
-    return np.where(ok, f, 0).astype(np.int64), ok
-
-
-def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale,
-                  face_places=None, price_places=None, rate_places=None) -> np.ndarray:
+def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symbol=None) -> np.ndarray:
     """Per row, floor(amount · 10^scale) exactly, for kind "funding" (−q·f·P·rate, inverse
     −q·f/P·rate) or "realize" (q·f·(P − E), inverse q·f·(1/E − 1/P)); every input means the
-    decimal it prints as. Linear amounts are decimals on a grid fixed by their inputs'
-    places (floor_grid); inverse funding is an integer division by the price's mantissa
-    (floor_ratio_grid); otherwise a float provably away from a unit boundary
-    (floor_certified); the rare rest in Decimal or Fraction. `*_places` may be given when
-    known (settlement computes them once per symbol)."""
-    qty, entry, face, price = (np.asarray(a, dtype=np.float64) for a in (qty, entry, face, price))
-    rate = np.asarray(rate, dtype=np.float64)
-    scale = np.asarray(scale, dtype=np.int64)
-    inverse = np.asarray(inverse, dtype=bool)
-    dq, dE = decimal_places(qty), decimal_places(entry)
-    df = decimal_places(face) if face_places is None else face_places
-    dP = decimal_places(price) if price_places is None else price_places
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if kind == "funding":
-            dr = decimal_places(np.nan_to_num(rate)) if rate_places is None else rate_places
-            value = np.where(inverse, -qty * face * rate / price, -qty * face * price * rate)
-            gross = np.abs(value)
-            places = add_places(dq, df, dP, dr)
-            zero = (qty == 0) | (rate == 0)
-        else:
-            value = np.where(inverse, qty * face * (price - entry) / (entry * price), qty * face * (price - entry))
-            gross = np.abs(qty) * face * np.where(inverse, (price + entry) / (entry * price), price + entry)
-            places = add_places(dq, df, np.where((dP < 0) | (dE < 0), -1, np.maximum(dP, dE)))
-            zero = (qty == 0) | (price == entry)
-        grid, grid_ok = floor_grid(value, gross, np.where(inverse, -1, places), scale)
-        if kind == "funding":
-            num = -qty * face * rate
-            ratio, ratio_ok = floor_ratio_grid(num, np.abs(num), np.where(inverse, places - dP, -1), price, dP, scale)
-            grid, grid_ok = np.where(inverse, ratio, grid), np.where(inverse, ratio_ok, grid_ok)
-        unit_scale = 10.0**scale
-        cert, cert_ok = floor_certified(value * unit_scale, 8 * _EPS * gross * unit_scale)
-    units = np.where(grid_ok, grid, cert)
-    units[zero] = 0
+    decimal it prints as. `face`, `inverse`, `price`, `rate` and `scale` are per row, or per
+    symbol with `symbol` each row's index into them (settlement: their decimal places are
+    then found once per symbol). One compiled pass (amounts_kernel): linear amounts are
+    decimals on a grid fixed by their inputs' places (_floor_grid); inverse funding is an
+    integer division by the price's mantissa (_floor_ratio); otherwise a float provably away
+    from a unit boundary (_floor_certified); the rare rest in Decimal or Fraction."""
+    qty = np.atleast_1d(np.asarray(qty, dtype=np.float64))
+    entry = np.broadcast_to(np.asarray(entry, dtype=np.float64), qty.shape)
+    if symbol is None:  # per row: broadcast like numpy
+        symbol = np.arange(len(qty))
+        face, inverse, price, rate, scale = (np.broadcast_to(a, qty.shape) for a in (face, inverse, price, rate, scale))
+    qty, entry, face, price, rate = (np.ascontiguousarray(a, dtype=np.float64) for a in (qty, entry, face, price, rate))
+    scale = np.ascontiguousarray(scale, dtype=np.int64)
+    inverse = np.ascontiguousarray(inverse, dtype=bool)
+    symbol = np.ascontiguousarray(symbol)
+    funding = kind == "funding"
+    df, dP = decimal_places(face), decimal_places(price)
+    dr = decimal_places(np.nan_to_num(rate))
+    # places of the per-symbol factors: the linear grid's (f·P·r or f) and inverse funding's numerator's (f·r)
+    fixed = add_places(df, dP, dr) if funding else df
+    units, needs_exact = amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, fixed,
+                                        add_places(df, dr), dP)
     too_big = []
-    for i in np.flatnonzero(~(grid_ok | cert_ok | zero)):
-        exact_units = _exact_amount(kind, qty[i], face[i], price[i], entry[i], rate[i] if kind == "funding" else 0.0,
-                                    bool(inverse[i]), int(scale[i]))
+    for i in np.flatnonzero(needs_exact):
+        s = symbol[i]
+        exact_units = _exact_amount(kind, qty[i], face[s], price[s], entry[i], rate[s] if funding else 0.0,
+                                    bool(inverse[s]), int(scale[s]))
         if exact_units is None:
             too_big.append(i)
         else:

@@ -30,7 +30,7 @@ from .keys import decode_group, decode_mode_key, group_key, mode_key, position_k
 from .io import (as_table, book_tables, is_path, money_column, positions_table, read_table, reading, table_path,
                  write_tables)
 from .output import output_dir
-from .money import decimal_places, exact_amounts, exact_total, int64_parts, split_sum
+from .money import exact_amounts, exact_total, int64_parts, split_sum
 
 KINDS = ("funding", "realize")
 HOUSE_ACCOUNT_ID = -1  # the house account that takes every run's rounding (and imbalance)
@@ -64,11 +64,8 @@ def position_amounts(book: Book, qty, entry, symbol, mark, rate, steps) -> dict[
     funding −q·f·P·rate (inverse −q·f/P·rate: longs pay a positive rate), realize
     q·f·(P − E) (inverse q·f·(1/E − 1/P)); exact, see money.exact_amounts."""
     inst = book.instruments
-    per_symbol = {name: decimal_places(a) for name, a in
-                  (("face", inst.face_value), ("price", mark), ("rate", np.nan_to_num(rate)))}
-    return {step: exact_amounts(step, qty, entry, inst.face_value[symbol], inst.inverse[symbol], mark[symbol],
-                                rate[symbol], book.asset_scale[inst.settle_asset[symbol]],
-                                **{f"{k}_places": v[symbol] for k, v in per_symbol.items()})
+    return {step: exact_amounts(step, qty, entry, inst.face_value, inst.inverse, mark, rate,
+                                book.asset_scale[inst.settle_asset], symbol=symbol)
             for step in steps}
 
 

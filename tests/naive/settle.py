@@ -19,13 +19,17 @@ def reference_settle(tables, marks, rates, steps):
         inverse = i["contract_type"] == "inverse"
         asset = i.get("settle_asset") or "USDT"
         for kind in steps:
-            if kind == "funding":
-                r = exact(rates[p["symbol"]])
-                value = -q * f * r / P if inverse else -q * f * P * r
-            else:
-                value = q * f * (1 / E - 1 / P) if inverse else q * f * (P - E)
-            units = math.floor(value * 10**8)
+            units = reference_amount(kind, q, f, E, P, exact(rates[p["symbol"]]) if kind == "funding" else 0, inverse, 8)
             if units:
                 ledger[(p["account_id"], asset, p["symbol"], p["position_side"] or "both", kind)] = units
                 house[(asset, kind)] -= units
     return ledger, {k: v for k, v in house.items() if v}
+
+
+def reference_amount(kind, q, f, E, P, r, inverse, scale) -> int:
+    """One position's amount in units, from exact inputs (Fractions): model §9, floored."""
+    if kind == "funding":
+        value = -q * f * r / P if inverse else -q * f * P * r
+    else:
+        value = q * f * (1 / E - 1 / P) if inverse else q * f * (P - E)
+    return math.floor(value * 10**scale)
