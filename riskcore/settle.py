@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 
 from .book import SETTLEMENTS_SCHEMA, SIDES, Book, _load_orders, _load_positions, load_settlements, no_settlements, \
     wallet_of
-from .config import DEFAULT_ASSET
+from .config import DEFAULT_ASSET, PARQUET_COMPRESSION
 from .errors import BookError, MoneyOverflowError
 from .tables import arrow_to_frame, categorical, codes, int_col, str_col
 from .keys import decode_group, decode_mode_key, group_key, mode_key, position_key
 from .io import (as_table, book_tables, is_path, money_column, positions_table, read_table, reading, table_path,
-                 write_tables)
+                 write_parquet, write_tables)
 from .output import output_dir
 from .money import exact_amounts, exact_total, int64_parts, split_sum
 
@@ -150,7 +150,10 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
     inputs = [p for p in (book_dir, marks, funding) if is_path(p)]
     with output_dir(out_dir, command="settle", inputs=inputs, force=force) as tmp:
         (tmp / "positions").mkdir()
-        ledger_file = pq.ParquetWriter(tmp / "ledger.parquet", ledger_schema)  # one row group per part
+        # one row group per part; compression as every riskcore output, dictionaries only where
+        # they pay (the text columns: a dictionary pass over the amounts only costs time)
+        ledger_file = pq.ParquetWriter(tmp / "ledger.parquet", ledger_schema, compression=PARQUET_COMPRESSION,
+                                       use_dictionary=["settlement_id", "asset", "symbol", "position_side", "kind"])
         from tqdm import tqdm
         bar = tqdm(total=total_rows, unit="pos", unit_scale=True, file=sys.stderr,
                    disable=not (progress and sys.stderr.isatty()))
@@ -174,7 +177,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 keys.append(position_key(pos.wallet, pos.symbol, pos.side, len(head.instruments)))
                 groups.append(mode_key(group_key(pos.wallet, pos.symbol, len(head.instruments)), pos.isolated))
                 t = time.perf_counter()
-                positions_table(head, pos).write_parquet(tmp / "positions" / f"part-{part:05d}.parquet")
+                write_parquet(positions_table(head, pos), tmp / "positions" / f"part-{part:05d}.parquet")
                 ledger_file.write_table(ledger.with_columns(pl.lit(settlement_id).alias("settlement_id")).select(
                     ledger_schema.names).to_arrow().cast(ledger_schema))
                 part += 1
@@ -182,7 +185,7 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
                 bar.update(df.height)
         bar.close()
         if part == 0:  # an empty book still gets a (typed, empty) positions part
-            positions_table(head, head.positions).write_parquet(tmp / "positions" / "part-00000.parquet")
+            write_parquet(positions_table(head, head.positions), tmp / "positions" / "part-00000.parquet")
         held_modes = _check_across_parts(keys, groups, str(pos_path))
         if orders is not None:  # one margin mode per account and symbol across positions and orders
             group, isolated = decode_mode_key(held_modes)
@@ -208,15 +211,15 @@ def settle(book_dir, out_dir, *, marks, settlement_id: str, funding=None, steps=
         accounts = pl.DataFrame({"account_id": head.wallets.account_id,
                                  "asset": np.array(head.assets, dtype=object)[head.wallets.asset].tolist(),
                                  "balance": money_column(head, balance, head.wallets.asset)})
-        accounts.write_parquet(tmp / "accounts.parquet")
+        write_parquet(accounts, tmp / "accounts.parquet")
         for name in ("instruments", "risk_tiers"):
-            tables[name][0].write_parquet(tmp / f"{name}.parquet")
+            write_parquet(tables[name][0], tmp / f"{name}.parquet")
         if orders is not None:
-            orders.write_parquet(tmp / "orders.parquet")
-        marks_table.write_parquet(tmp / "marks.parquet")  # the book now stands at the settlement prices
-        pl.concat([applied, pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
-                                          "applied_at": [np.datetime64("now", "us").item()]},
-                                         schema=SETTLEMENTS_SCHEMA)]).write_parquet(tmp / "settlements.parquet")
+            write_parquet(orders, tmp / "orders.parquet")
+        write_parquet(marks_table, tmp / "marks.parquet")  # the book now stands at the settlement prices
+        write_parquet(pl.concat([applied, pl.DataFrame({"settlement_id": [settlement_id], "steps": [",".join(steps)],
+                                                        "applied_at": [np.datetime64("now", "us").item()]},
+                                                       schema=SETTLEMENTS_SCHEMA)]), tmp / "settlements.parquet")
         io_time += time.perf_counter() - t
     totals = pl.DataFrame({
         "asset": [a for k in steps for a in head.assets], "kind": [k for k in steps for _ in head.assets],
