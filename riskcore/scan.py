@@ -115,8 +115,8 @@ class ScanResult:
                          f"({pos.filter(pl.col('liquidate') & (pl.col('margin_mode') == 'cross')).height:,} "
                          f"positions), {liq_iso.height:,} isolated positions")
         if _has(acc, "equity", "cross_mm", "cross_fee", "risk_ratio"):
-            worst = (_worst(acc.filter(pl.col("cross_mm") > 0), top)
-                     .select("account_id", "asset", "equity", "cross_mm", "cross_fee", "risk_ratio"))
+            shown = acc.select("account_id", "asset", "equity", "cross_mm", "cross_fee", "risk_ratio")
+            worst = _worst(shown.filter(pl.col("cross_mm") > 0), top)  # a copy of six columns, not all
             if worst.height:
                 lines.append(f"worst {worst.height} cross accounts by risk ratio:")
                 lines += [f"  account {r['account_id']:>10} {r['asset']:<5} equity {_money(r['equity'])}  "
