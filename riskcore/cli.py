@@ -14,10 +14,11 @@ from .errors import BookError
 # The compiled entry points each command runs (their callees compile with them).
 _LOAD = ("book._wallet_ids", "book._mixed_groups", "book._derive", "money._fixed_units_kernel")
 _SCAN = _LOAD + ("kernels.scan_pass",)
+_MOVES = ("money._run_sums",)  # Book.apply_moves
 _AMOUNTS = ("money.decimal_places", "money.amounts_kernel")  # exact settlement and close amounts
-_TICKS = _SCAN + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
-KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + ("ops.apply_kernel",), "replay": _TICKS,
-              "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _AMOUNTS}
+_TICKS = _SCAN + _MOVES + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
+KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + _MOVES + ("ops.apply_kernel",), "replay": _TICKS,
+              "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _MOVES + _AMOUNTS}
 
 
 def _cold_cache_notice(command: str) -> None:
@@ -149,8 +150,9 @@ def cmd_replay(args) -> None:
 def cmd_settle(args) -> None:
     from .settle import settle
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    parts = {} if args.part_rows is None else {"part_rows": args.part_rows}  # settle.PART_ROWS by default
     result = settle(args.book, args.out, marks=args.marks, funding=args.funding, settlement_id=args.id,
-                    steps=steps, part_rows=args.part_rows, progress=True, force=args.force)
+                    steps=steps, progress=True, force=args.force, **parts)
     print(result.summary())
     print(f"wrote the settled book, its settlements table and ledger.parquet to {args.out}")
 
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--id", required=True, help="settlement id; a book refuses an id it has applied")
     st.add_argument("--steps", default="funding,realize", help="funding,realize (default both)")
     st.add_argument("--out", type=Path, required=True, metavar="DIR")
-    st.add_argument("--part-rows", type=int, default=1_000_000, help="positions per streamed part (bounds memory)")
+    st.add_argument("--part-rows", type=int, help="positions per streamed part (bounds memory; default 500,000)")
     _add_force(st)
     st.set_defaults(func=cmd_settle)
 

@@ -49,5 +49,5 @@ def mode_key(group, isolated) -> np.ndarray:
 
 
 def decode_mode_key(key) -> tuple[np.ndarray, np.ndarray]:
-    """(group, isolated) of mode keys."""
-    return key // 2, key % 2 == 1
+    """(group, isolated) of mode keys (keys are never negative: shifts, not divisions)."""
+    return key >> 1, (key & 1) == 1

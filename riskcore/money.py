@@ -155,14 +155,34 @@ _POW10 = np.array([10**k for k in range(20)], dtype=np.uint64)
 _INT64_MAX_OVER = np.array([_INT64_MAX // 10**k for k in range(20)], dtype=np.int64)
 
 
+@njit(**JIT_EXACT)
+def add_exact(acc, k, u):
+    """acc[0, k]·2^32 + acc[1, k] += u exactly, keeping 0 ≤ acc[1, k] < 2^32: the signed high
+    half and the 32-bit low half of each value are added apart, so the sum cannot wrap below
+    2^31 additions (np.sum of int64 wraps)."""
+    acc[0, k] += u >> 32
+    low = acc[1, k] + (u & 0xFFFFFFFF)
+    acc[0, k] += low >> 32
+    acc[1, k] = low & 0xFFFFFFFF
+
+
+@njit(**JIT_EXACT)
+def _run_sums(values, starts):
+    acc = np.zeros((2, len(starts)), np.int64)
+    for r in range(len(starts)):
+        for i in range(starts[r], starts[r + 1] if r + 1 < len(starts) else len(values)):
+            add_exact(acc, r, values[i])
+    return acc
+
+
 def split_sum(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact sums of int64 runs (np.add.reduceat's runs) as (high, low) int64 parts, the sum
-    being high·2^32 + low: each value splits into a signed high half and a 32-bit low half,
-    whose run sums cannot wrap below 2^31 rows per run."""
-    values = np.asarray(values, dtype=np.int64)
-    hi = np.add.reduceat(values >> 32, starts) if len(values) else np.zeros(0, np.int64)
-    lo = np.add.reduceat(values & 0xFFFFFFFF, starts) if len(values) else np.zeros(0, np.int64)
-    return hi, lo
+    """Exact sums of int64 runs (the runs begin at the ascending `starts`) as (high, low)
+    int64 parts, each sum being high·2^32 + low (add_exact)."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    if not len(values):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    acc = _run_sums(values, np.ascontiguousarray(starts, dtype=np.int64))
+    return acc[0], acc[1]
 
 
 def exact_total(values: np.ndarray) -> int:
@@ -206,13 +226,13 @@ def units_to_decimal(units: np.ndarray, scale: int, from_scale=None) -> pa.Array
     every shift up to 19 places (a wider shift, rare, is checked against the 38 digits)."""
     units = np.ascontiguousarray(units, dtype=np.int64)
     words = np.empty((len(units), 2), dtype=np.int64)  # little-endian int128: low word, high word
-    if from_scale is None:
+    shift = None if from_scale is None else np.broadcast_to(scale - np.asarray(from_scale, dtype=np.int64), units.shape)
+    if shift is not None and np.any(shift < 0):
+        raise ValueError("units_to_decimal: from_scale above the column's scale")
+    if shift is None or not shift.any():  # every row already at the column's scale (the usual book)
         words[:, 0] = units
         words[:, 1] = units >> 63
     else:
-        shift = np.broadcast_to(scale - np.asarray(from_scale, dtype=np.int64), units.shape)
-        if np.any(shift < 0):
-            raise ValueError("units_to_decimal: from_scale above the column's scale")
         wide = shift > 19
         factor = _POW10[np.minimum(shift, 19)]
         # the common case: the product fits int64 (|units| ≤ (2^63 − 1) // 10^shift)
@@ -353,15 +373,15 @@ def _amount(funding, q, E, f, inverse, P, r, scale, dq, fixed_places, numer_plac
 
 
 @njit(**JIT_EXACT)
-def amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, fixed_places, numer_places,
-                   price_places):
+def amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, qty_places, fixed_places,
+                   numer_places, price_places):
     """Every row's floored amount in one pass (exact_amounts has the arguments), and where
     no fast path certifies it (those rows' units are 0 here)."""
     units = np.zeros(len(qty), np.int64)
     needs_exact = np.zeros(len(qty), np.bool_)
     for i in range(len(qty)):
         s = symbol[i]
-        u, ok = _amount(funding, qty[i], entry[i], face[s], inverse[s], price[s], rate[s], scale[s], _places(qty[i]),
+        u, ok = _amount(funding, qty[i], entry[i], face[s], inverse[s], price[s], rate[s], scale[s], qty_places[i],
                         fixed_places[s], numer_places[s], price_places[s])
         if ok:
             units[i] = u
@@ -411,12 +431,14 @@ def exact(x: float):
     return Fraction(Decimal(repr(float(x))))
 
 
-def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symbol=None) -> np.ndarray:
+def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symbol=None,
+                  qty_places=None) -> np.ndarray:
     """Per row, floor(amount · 10^scale) exactly, for kind "funding" (−q·f·P·rate, inverse
     −q·f/P·rate) or "realize" (q·f·(P − E), inverse q·f·(1/E − 1/P)); every input means the
     decimal it prints as. `face`, `inverse`, `price`, `rate` and `scale` are per row, or per
     symbol with `symbol` each row's index into them (settlement: their decimal places are
-    then found once per symbol). One compiled pass (amounts_kernel): linear amounts are
+    then found once per symbol); `qty_places` (decimal_places(qty)) may be given, found once
+    for several kinds. One compiled pass (amounts_kernel): linear amounts are
     decimals on a grid fixed by their inputs' places (_floor_grid); inverse funding is an
     integer division by the price's mantissa (_floor_ratio); otherwise a float provably away
     from a unit boundary (_floor_certified); the rare rest in Decimal or Fraction."""
@@ -434,7 +456,8 @@ def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symb
     dr = decimal_places(np.nan_to_num(rate))
     # places of the per-symbol factors: the linear grid's (f·P·r or f) and inverse funding's numerator's (f·r)
     fixed = add_places(df, dP, dr) if funding else df
-    units, needs_exact = amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, fixed,
+    dq = decimal_places(qty) if qty_places is None else qty_places
+    units, needs_exact = amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scale, dq, fixed,
                                         add_places(df, dr), dP)
     too_big = []
     for i in np.flatnonzero(needs_exact):

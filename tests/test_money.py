@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from riskcore.errors import MoneyOverflowError
 from riskcore.money import add_places, amounts_kernel, decimal_places, exact_amounts, floor_certified, floor_grid, \
-    to_units
+    split_sum, to_units
 
 from naive.money import exact
 from naive.settle import reference_amount
@@ -117,9 +117,20 @@ def test_rows_no_fast_path_certifies_take_the_exact_fallback(kind, q, E, f, inve
     places = [decimal_places(one(x)) for x in (f, P, r)]
     fixed = add_places(*places) if kind == "funding" else places[0]
     _, needs_exact = amounts_kernel(kind == "funding", one(q), one(E), np.zeros(1, np.int64), one(f),
-                                    one(inverse, bool), one(P), one(r), one(8, np.int64), fixed,
+                                    one(inverse, bool), one(P), one(r), one(8, np.int64), decimal_places(one(q)), fixed,
                                     add_places(places[0], places[2]), places[1])
     assert needs_exact.tolist() == [True]
     want = reference_amount(kind, exact(q), exact(f), exact(E), exact(P), exact(r), inverse, 8)
     assert exact_amounts(kind, one(q), one(E), one(f), one(inverse, bool), one(P), one(r), one(8, np.int64)).tolist() \
         == [want]
+
+
+@given(st.lists(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=40), min_size=1, max_size=8))
+def test_split_sums_are_exact_near_the_int64_limits(runs):
+    """split_sum (money.add_exact, which settlement's kernel also sums with): each run's sum
+    as high·2^32 + low, exactly, however far beyond int64 it goes."""
+    values = np.array([v for run in runs for v in run], dtype=np.int64)
+    starts = np.cumsum([0] + [len(run) for run in runs[:-1]])
+    hi, lo = split_sum(values, starts)
+    assert [(int(h) << 32) + int(l) for h, l in zip(hi, lo)] == [sum(run) for run in runs]
+    assert all(0 <= int(l) < 2**32 for l in lo)
