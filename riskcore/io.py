@@ -1,13 +1,16 @@
 """Parquet in and out. A BOOK/ directory holds NAME.parquet or a folder NAME/ of Parquet parts."""
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE, PARQUET_COMPRESSION
@@ -163,14 +166,18 @@ def as_table(table, name: str) -> tuple[pl.DataFrame | None, str]:
 
 @contextmanager
 def writing(path: Path | str):
-    """Errors while writing `path` (a full disk, no permission) as one BookError naming it."""
+    """Errors while writing `path` (a full disk, no permission) as one BookError naming it.
+    polars' writers report the system's error inside a ComputeError."""
     try:
         yield
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, pa.ArrowException, pl.exceptions.ComputeError) as e:
         if isinstance(e, BrokenPipeError):
             raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise BookError(str(path), None, f"cannot write: {reason}") from None
+        raise BookError(str(path), None, f"cannot write: {reason.rpartition(POLARS_IO_ERROR)[2]}") from None
+
+
+POLARS_IO_ERROR = "underlying IO error: "  # what precedes the system's own words in polars' message
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -178,6 +185,19 @@ def write_parquet(df: pl.DataFrame, path: Path) -> None:
     config.PARQUET_COMPRESSION says."""
     with writing(path):
         df.write_parquet(path, compression=PARQUET_COMPRESSION)
+
+
+def write_parquet_parts(parts: Iterator[pl.DataFrame], path: Path) -> None:
+    """One Parquet file from frames made one after another, never all in memory at once:
+    polars' streaming sink pulls the next part while it encodes the last (frames must share
+    one schema; at least one, possibly empty). Written as write_parquet writes."""
+    first = next(parts)
+
+    def source(with_columns, predicate, n_rows, batch_size):  # a plain sink pushes nothing down
+        for frame in chain([first], parts):
+            yield frame if with_columns is None else frame.select(with_columns)
+    with writing(path):
+        register_io_source(source, schema=first.schema).sink_parquet(path, compression=PARQUET_COMPRESSION)
 
 
 def money_column(book: Book, units: np.ndarray, asset_ids: np.ndarray) -> pl.Series:

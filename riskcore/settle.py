@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -229,9 +229,8 @@ def _stream(parts, head, tmp, mark, rate, steps, settlement_id, names, bar, cloc
     run = _Running(np.zeros((2, len(head.wallets)), np.int64), np.zeros((len(steps), 2, len(head.assets)), np.int64),
                    [], replace(head))
     (tmp / "positions").mkdir()
-    ledger_file = _LedgerFile(tmp / "ledger.parquet", head.output_scale)
     part, written = 0, None
-    with ThreadPoolExecutor(1) as writer:
+    with _LedgerFile(tmp / "ledger.parquet", head.output_scale) as ledger_file, ThreadPoolExecutor(1) as writer:
         for f, offset, df, pos in parts:
             try:
                 positions, ledger = _settle_part(head, pos, mark, rate, steps, settlement_id, run, names,
@@ -247,10 +246,9 @@ def _stream(parts, head, tmp, mark, rate, steps, settlement_id, names, bar, cloc
             bar.update(len(pos))
         if written is not None:
             written.result()
-    if part == 0:  # an empty book still gets a (typed, empty) positions part
-        _write_parquet(positions_table(head, head.positions).to_arrow(), tmp / "positions" / "part-00000.parquet")
-    ledger_file.write(_house_rows(head, run, steps, settlement_id, ledger_file.schema))
-    ledger_file.close()
+        if part == 0:  # an empty book still gets a (typed, empty) positions part
+            _write_parquet(positions_table(head, head.positions).to_arrow(), tmp / "positions" / "part-00000.parquet")
+        ledger_file.write(_house_rows(head, run, steps, settlement_id, ledger_file.schema))
     return run
 
 
@@ -297,9 +295,18 @@ class _LedgerFile:
         with writing(self.path):
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
-    def close(self) -> None:
-        with writing(self.path):
-            self._writer.close()
+    def __enter__(self) -> "_LedgerFile":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Closes the file; after an error, quietly (that error is the one to report), so a
+        failed settlement never keeps the file open (a full disk stays full while it is)."""
+        if kind is None:
+            with writing(self.path):
+                self._writer.close()
+        else:
+            with suppress(OSError, pa.ArrowException):
+                self._writer.close()
 
 
 def _write_part(positions: pa.Table, path: Path, ledger_file: _LedgerFile, ledger: pa.Table, clock) -> None:

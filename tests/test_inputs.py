@@ -3,6 +3,7 @@ the file (or table), the column and the rows: through the API a BookError, throu
 `riskcore: error: ...` on stderr and exit code 2. Never a traceback, a panic, an internal
 error (exit 1) or a silently chosen value."""
 
+import contextlib
 import errno
 import math
 import os
@@ -23,6 +24,7 @@ import riskcore as rc
 from riskcore import BookError
 from riskcore.cli import main
 from riskcore.engine import Engine
+from riskcore.io import write_tables
 from riskcore.money import to_units
 from riskcore.ops import apply_requests
 from riskcore.tables import as_frame
@@ -474,13 +476,46 @@ def test_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
     req = tmp_path / "req.parquet"
     pl.DataFrame({"request_id": [1], "account_id": [1], "op": ["transfer_in"], "value": [1.0]}).write_parquet(req)
 
-    def full(*args, **kwargs):  # what polars raises on ENOSPC
-        raise OSError(errno.ENOSPC, "No space left on device (os error 28)")
+    def full(*args, **kwargs):  # what polars raises on ENOSPC (seen on a full tmpfs)
+        raise pl.exceptions.ComputeError("parquet: File out of specification: underlying IO error: "
+                                         "No space left on device (os error 28)")
     monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", full)  # scan --out streams its positions
     refused(capsys, "scan", book, "--out", tmp_path / "o",
             names=(tmp_path / "o" / "positions.parquet", "No space left on device"))
     refused(capsys, "apply", book, req, "--out", tmp_path / "o2", names=(tmp_path / "o2", "No space left on device"))
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: a real full disk (needs root, as CI has; skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root): the faked full disk above still runs")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: even if a test left a file open
+
+
+def test_a_real_full_disk_names_the_file_and_leaves_nothing(tmp_path, small_disk, capsys):
+    from riskcore.gen import generate
+    book = tmp_path / "b"
+    write_tables(generate(1_000, 3_000, 20, seed=1), book)
+    for command in (["scan", book], ["settle", book, "--marks", book / "marks.parquet", "--id", "s1"]):
+        refused(capsys, *command, "--out", small_disk / "o", names=(small_disk / "o", "No space left on device"))
+        assert not any(small_disk.iterdir())  # the staging folder is gone too
+        assert not [name for name in _open_files() if name.startswith(str(small_disk))]  # nor left open
+
+
+def _open_files() -> list[str]:
+    """What this process has open (a deleted file too: 'PATH (deleted)')."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return names
 
 
 def test_broken_pipe_exits_quietly(tmp_path, capsys, monkeypatch):
