@@ -56,21 +56,21 @@ def cmd_gen(args) -> None:
 
 
 def cmd_scan(args) -> None:
-    from .io import load_book, write_parquet
+    from .io import load_book
     from .output import check_output, output_dir
-    from .scan import scan
+    from .scan import scan, write_scan
     if args.out:
         check_output(args.out, command="scan", inputs=(args.book, args.marks), force=args.force)
     t = time.perf_counter()
     book = load_book(args.book, marks=args.marks)
     loaded = time.perf_counter()
-    result = scan(book, liq_prices=not args.no_liq_price, columns=args.columns)
-    print(result.summary())
+    options = dict(liq_prices=not args.no_liq_price, columns=args.columns)
     if args.out:
         with output_dir(args.out, command="scan", inputs=(args.book, args.marks), force=args.force) as tmp:
-            write_parquet(result.positions, tmp / "positions.parquet")
-            write_parquet(result.accounts, tmp / "accounts.parquet")
+            print(write_scan(book, tmp, **options))
         print(f"wrote positions.parquet and accounts.parquet to {args.out}")
+    else:
+        print(scan(book, **options).summary())
     print(f"load {loaded - t:.2f} s, total {time.perf_counter() - t:.2f} s")
 
 
