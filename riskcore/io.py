@@ -15,7 +15,7 @@ from polars.io.plugins import register_io_source
 from .book import MODES, SIDES, Book
 from .config import DEFAULT_MONEY_SCALE, PARQUET_COMPRESSION
 from .errors import BookError
-from .tables import first_line, arrow_to_frame, categorical, float_text64, needs_normalizing, normalize_arrow
+from .tables import ColumnSource, first_line, arrow_to_frame, categorical, float_text64, needs_normalizing, normalize_arrow
 from .money import to_units, units_to_decimal
 
 REQUIRED = ("instruments", "risk_tiers", "accounts", "positions")
@@ -30,32 +30,63 @@ def table_path(book_dir: Path, name: str) -> Path | None:
     return None
 
 
-def read_table(path: Path | str) -> pl.DataFrame:
-    """One Parquet file or a folder of parts, as polars (errors name the path). Parts may
-    differ in compatible types (see unify_parts); Arrow types polars cannot take are
-    converted exactly or refused (tables.arrow_to_frame)."""
+def read_table(path: Path | str, columns: list[str] | None = None) -> pl.DataFrame:
+    """One Parquet file or a folder of parts, as polars (errors name the path); `columns`:
+    only those (each present in some part). Parts may differ in compatible types (see
+    unify_parts); Arrow types polars cannot take are converted exactly or refused
+    (tables.arrow_to_frame)."""
     path = Path(path)
     if not path.exists():
         raise BookError(str(path), None, "no such file or folder")
     if path.is_dir():
-        parts = sorted(path.rglob("*.parquet"))
-        if not parts:
-            raise BookError(str(path), None, "folder holds no .parquet files")
-        table = unify_parts([(str(p), normalize_arrow(_read_parquet(p), str(p))) for p in parts])
+        table = unify_parts([(str(p), normalize_arrow(_read_parquet(p, columns), str(p))) for p in _parts(path)])
         return arrow_to_frame(table, str(path))
     with reading(path):
         schema = pq.read_schema(path)
-    if not any(needs_normalizing(f.type) for f in schema):
+    if not any(needs_normalizing(f.type) for f in schema if columns is None or f.name in columns):
         try:  # polars' own reader: several times faster than pyarrow's plus a conversion
-            return pl.read_parquet(path)
+            return pl.read_parquet(path, columns=columns)
         except (Exception, pl.exceptions.PanicException):
             pass  # (invalid text, a type polars lacks): the Arrow door below names what is wrong
-    return arrow_to_frame(_read_parquet(path), str(path))
+    return arrow_to_frame(_read_parquet(path, columns), str(path))
 
 
-def _read_parquet(path: Path) -> pa.Table:
+class ColumnsOnRequest(ColumnSource):
+    """A Parquet table (file or folder of parts) whose columns are read one at a time, when
+    asked for: `table[name]`, with `columns` and `height` (all Book.from_tables asks of the
+    positions). Each column is converted and freed before the next is read, so a load
+    never holds the whole table beside the book it builds (10M positions: 0.7 GB less)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        files = _parts(path) if path.is_dir() else [path]
+        metas = []
+        for f in files:
+            with reading(f):
+                metas.append(pq.read_metadata(f))
+        # Every column's type checked now, as reading the whole table would (names the file).
+        empty = [(str(f), normalize_arrow(m.schema.to_arrow_schema().empty_table(), str(f)))
+                 for f, m in zip(files, metas)]
+        self.columns = arrow_to_frame(unify_parts(empty) if path.is_dir() else empty[0][1], str(path)).columns
+        self.height = sum(m.num_rows for m in metas)
+
+    def __getitem__(self, name: str) -> pl.Series:
+        return read_table(self.path, [name])[name]
+
+
+def _parts(folder: Path) -> list[Path]:
+    parts = sorted(folder.rglob("*.parquet"))
+    if not parts:
+        raise BookError(str(folder), None, "folder holds no .parquet files")
+    return parts
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     with reading(path):
-        return pq.read_table(path)
+        if columns is None:
+            return pq.read_table(path)
+        present = set(pq.read_schema(path).names)  # a part may lack a column: null there (unify_parts)
+        return pq.read_table(path, columns=[c for c in columns if c in present])
 
 
 @contextmanager
@@ -140,7 +171,7 @@ def load_book(book_dir: Path | str, marks: Path | str | None = None,
             if name in REQUIRED:
                 raise BookError(str(book_dir / f"{name}.parquet"), None, "missing table")
             continue
-        tables[name], names[name] = read_table(path), str(path)
+        tables[name], names[name] = ColumnsOnRequest(path) if name == "positions" else read_table(path), str(path)
     names.setdefault("marks", str(book_dir / "marks.parquet"))  # named even when absent
     return Book.from_tables(**tables, money_scale=money_scale, names=names)
 

@@ -17,8 +17,19 @@ from .errors import BookError, check
 DECIMAL_LIMIT_PLACES = 19  # decimal256 beyond decimal128: exact to 19 places (round-to-odd), |v| < 10**19
 
 
-def as_frame(obj, table: str) -> pl.DataFrame:
-    if isinstance(obj, pl.DataFrame):
+class ColumnSource:
+    """A table that hands out its columns one at a time (`source[name]` a polars Series,
+    `columns`, `height`): the loaders read no more of a frame than that, so they take one
+    as it is (io.ColumnsOnRequest reads each column from Parquet when asked)."""
+    columns: list[str]
+    height: int
+
+    def __getitem__(self, name: str) -> pl.Series:
+        raise NotImplementedError
+
+
+def as_frame(obj, table: str) -> pl.DataFrame | ColumnSource:
+    if isinstance(obj, (pl.DataFrame, ColumnSource)):
         return obj
     try:
         if isinstance(obj, pl.LazyFrame):

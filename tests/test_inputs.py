@@ -321,6 +321,33 @@ def test_unreadable_part_refused(tmp_path, capsys):
     refused(capsys, "scan", book, names=(book / "accounts" / "part-1.parquet", "cannot read as Parquet"))
 
 
+def test_positions_are_read_one_column_at_a_time_into_the_same_book(tmp_path, monkeypatch):
+    """load_book reads the positions (its one big table) a column at a time, so it never
+    holds the whole table beside the book; the book is the one the whole table gives."""
+    from riskcore import io
+    pos = tables()["positions"]
+    book = write_book(tmp_path / "b", positions={"part-0": pos.slice(0, 2), "part-1": pos.slice(2)})
+    asked, read_table = [], io.read_table
+
+    def recording(path, columns=None):
+        asked.append((Path(path).name, columns))
+        return read_table(path, columns)
+    monkeypatch.setattr(io, "read_table", recording)
+    loaded = rc.load_book(book)
+    assert all(len(columns) == 1 for name, columns in asked if name == "positions")
+    assert {columns[0] for name, columns in asked if name == "positions"} >= {"qty", "entry_price", "leverage"}
+    whole = rc.Book.from_tables(**{name: t for name, t in tables().items()})
+    for column in ("wallet", "symbol", "side", "qty", "entry_price", "leverage", "isolated", "isolated_margin"):
+        np.testing.assert_array_equal(getattr(loaded.positions, column), getattr(whole.positions, column))
+
+
+def test_positions_parts_with_incompatible_types_refused_before_reading(tmp_path, capsys):
+    pos = tables()["positions"]
+    p1 = with_column(pos.slice(2), "qty", pa.array(["1"]))
+    book = write_book(tmp_path / "b", positions={"part-0": pos.slice(0, 2), "part-1": p1})
+    refused(capsys, "scan", book, names=(book / "positions" / "part-1.parquet", "'qty'", "part-0.parquet"))
+
+
 # -- 4. 5. account ids and maintenance amounts -------------------------------------------------
 
 def test_uint64_account_id_above_int64_refused(tmp_path, capsys):
