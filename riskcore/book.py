@@ -380,9 +380,10 @@ def source_rows(order: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
 def wallet_of(account_id: np.ndarray, asset: np.ndarray, wallets: Wallets) -> np.ndarray:
     """Wallet id of each (account_id, asset), -1 where the book has no such wallet.
 
-    Wallets are sorted by (account, asset): a binary search for the account (skipped when the
-    row's account is the previous row's, as in a file in book order), then a step through
-    its few wallets."""
+    Wallets are sorted by (account, asset): the account's first wallet is found by a binary
+    search, or by a few steps on from the previous row's when accounts ascend (a file in
+    book order: no cache-missing search), then a step through its few
+    wallets (skipped when the row's account and asset are the previous row's)."""
     return _wallet_ids(np.ascontiguousarray(account_id, dtype=np.int64), np.ascontiguousarray(asset, dtype=np.int32),
                        wallets.account_id, wallets.asset)
 
@@ -394,8 +395,17 @@ def _wallet_ids(account_id, asset, wallet_account, wallet_asset):
     first = 0
     for i in range(len(account_id)):
         a = account_id[i]
-        if i == 0 or a != account_id[i - 1]:
+        if i > 0 and a > account_id[i - 1]:
+            stop = min(first + 16, n)  # a few steps; beyond them, the search
+            while first < stop and wallet_account[first] < a:
+                first += 1
+            if first == stop and stop < n and wallet_account[first] < a:
+                first = np.searchsorted(wallet_account, a)
+        elif i == 0 or a < account_id[i - 1]:
             first = np.searchsorted(wallet_account, a)
+        elif asset[i] == asset[i - 1]:
+            found[i] = found[i - 1]
+            continue
         w = first
         while w < n and wallet_account[w] == a:
             if wallet_asset[w] == asset[i]:
