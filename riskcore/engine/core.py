@@ -60,9 +60,8 @@ class Engine:
         self._n_orders = len(book.orders)
         self._order_origin = np.arange(len(book.orders), dtype=np.int64)  # current order -> order at load
         self._events = EventLog()
-        self.state = TickState(book)
+        self.state = TickState(book, self.mark)
         self.out = self.state.out
-        self.state.resync(self.mark)
         # what is liquidatable at load is reported once, with no timestamp
         n_w = len(book.wallets)
         self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))

@@ -29,13 +29,18 @@ FIGURES = ("upnl", "mm", "im", "fee", "notional")
 class TickState:
     """Figures of every position and wallet of `book`, kept current tick by tick."""
 
-    def __init__(self, book: Book):
+    def __init__(self, book: Book, mark: np.ndarray):
+        """Every figure at `mark`, computed exactly (resync)."""
         self.book = book
         pos, n_sym, n_w = book.positions, len(book.instruments), len(book.wallets)
         by_symbol = np.argsort(pos.symbol, kind="stable")
         self.sym_rows = by_symbol.astype(np.int64)                       # symbol-major index → book row
-        self.row_start = np.searchsorted(pos.symbol[by_symbol], np.arange(n_sym + 1))
-        pairs = np.unique(pos.symbol.astype(np.int64) * n_w + pos.wallet)
+        symbol, wallet = pos.symbol[by_symbol], pos.wallet[by_symbol].astype(np.int64)
+        self.row_start = np.searchsorted(symbol, np.arange(n_sym + 1))
+        # (symbol, wallet) keys in symbol-major order are sorted already (book order is wallet
+        # by wallet and the sort stable), so their distinct values are where they change
+        keys = symbol.astype(np.int64) * n_w + wallet
+        pairs = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
         self.sym_wallets = (pairs % max(n_w, 1)).astype(np.int64)       # each symbol's wallets, sorted
         self.sym_wallet_start = np.searchsorted(pairs // max(n_w, 1), np.arange(n_sym + 1))
         self.row_of = np.empty(len(pos), dtype=np.int64)                 # book row → symbol-major index
@@ -43,11 +48,11 @@ class TickState:
         self.accounts = np.zeros((n_w, len(ACCOUNT_FIGURES)))            # one row per wallet: see tick_accounts
         self.out = ScanArrays.empty(len(pos), n_w, packed_accounts=self.accounts)
         self.w_state = np.zeros((n_w, WALLET_STATE))
-        perm = self.sym_rows
-        self.cols = {name: getattr(pos, name)[perm].copy() for name in ("symbol",) + MIRRORED}
-        self.cols["wallet"] = pos.wallet[perm].astype(np.int64)
-        self.cols.update({name: np.zeros(len(pos)) for name in FIGURES})
-        self.cols["liquidate"] = np.zeros(len(pos), dtype=bool)
+        # the symbol-major mirror: written by resync below
+        self.cols = {"symbol": symbol, "wallet": wallet}
+        self.cols.update({name: np.empty(len(pos), getattr(pos, name).dtype) for name in MIRRORED})
+        self.cols.update({name: np.empty(len(pos)) for name in FIGURES})
+        self.cols["liquidate"] = np.empty(len(pos), dtype=bool)
         self.stale = np.zeros(n_sym, dtype=bool)
         self.became = np.zeros(len(pos), dtype=bool)              # scratch: rows that became liquidatable
         self.became_wallets = np.zeros(n_w, dtype=bool)           # scratch: wallets that did
@@ -57,6 +62,7 @@ class TickState:
                                       c["isolated"], c["isolated_margin"])
         self.k_run = RunningFigures(*(c[name] for name in FIGURES), c["liquidate"])
         self.k_inst = SymbolTable.of(book)
+        self.resync(mark)
 
     # -- where rows and wallets are ----------------------------------------------------
     def n_rows(self, sym: np.ndarray) -> int:
