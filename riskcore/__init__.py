@@ -8,7 +8,8 @@ import types
 # what it runs (`riskcore scan` never imports the engine, settlement or margin operations;
 # `riskcore --help` not even numba).
 _PUBLIC = {"Book": "book", "BookError": "errors", "Engine": "engine", "MoneyOverflowError": "errors",
-           "OutputError": "output", "ScanResult": "scan", "Settlement": "settle", "TickError": "engine",
+           "OutputError": "output", "ScanResult": "scan", "Settlement": "settle", "SnapshotError": "engine",
+           "TickError": "engine",
            "apply_requests": "ops", "load_book": "io", "scan": "scan", "settle": "settle"}
 __all__ = sorted(_PUBLIC)
 

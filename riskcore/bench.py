@@ -167,6 +167,10 @@ def run(positions: int = 1_000_000, seed: int = 0, repeats: int = 9, log=print) 
             settle(Path(tmp) / "book", Path(tmp) / f"out{k[0]}", marks=Path(tmp) / "marks.parquet",
                    settlement_id=f"b{k[0]}")
         record("settlement, Parquet in and out", _times(settle_once, 3), rows)
+        snapshot = Path(tmp) / "snapshot"  # the engine stops ticking while it writes one: its stall
+        record("engine snapshot (exact pass + the state to Parquet)", _times(lambda: engine.snapshot(snapshot), 3),
+               rows)
+        record("engine restore (checksums, load, state rebuilt)", _times(lambda: Engine.restore(snapshot), 3), rows)
 
         log(f"whole processes on the book on disk (medians of {PROCESS_RUNS}, interleaved) ...")
         book_dir = Path(tmp) / "book"

@@ -101,30 +101,56 @@ def cmd_replay(args) -> None:
     from tqdm import tqdm
 
     from .engine import EVENT_KINDS, Engine, TickError, load_ticks
+    from .engine.durable import JOURNAL_EVERY, SNAPSHOT_EVERY, ReplayState, digest
     from .io import book_tables, load_book, read_table, write_parquet, write_tables
     from .output import check_output, output_dir
-    check_output(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund), force=args.force)
-    book = load_book(args.book)
+    inputs = (args.book, args.ticks, args.insurance_fund)
+    check_output(args.out, command="replay", inputs=inputs, force=args.force)
+    if args.state is not None:  # its folder is neither an input nor the output
+        check_output(args.state, command="replay --state", inputs=inputs + (args.out,), force=True)
+    if args.state is None and (args.resume or args.snapshot_every is not None):
+        raise BookError("replay", None, "--resume and --snapshot-every need --state STATE")
+    state, engine, first = None, None, 0
+    if args.state is not None:  # where the run stands comes from the state, never from the user
+        every = args.snapshot_every or SNAPSHOT_EVERY
+        identity = dict(book=digest(args.book), tick_file=digest(args.ticks),
+                        insurance_fund=digest(args.insurance_fund), liquidate=args.liquidate, snapshot_every=every)
+        if args.resume:
+            state, engine, replay = ReplayState.resume(args.state, identity)
+            first = replay["next_tick"]
+        else:
+            state = ReplayState.start(args.state, identity)
+    book = load_book(args.book) if engine is None else engine.book
     # Ticks are runs of rows with equal ts, in file order; the whole file is checked and
     # names are mapped to ids once, before anything runs.
     ts, sym, price, names = load_ticks(read_table(args.ticks), book, str(args.ticks))
-    fund = read_table(args.insurance_fund) if args.insurance_fund else None
-    engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund,
-                    fund_name=str(args.insurance_fund) if args.insurance_fund else "insurance_fund")
     bounds = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1], True]) if len(ts) else np.zeros(1, np.int64)
+    n_ticks = len(bounds) - 1
+    if engine is None:
+        fund = read_table(args.insurance_fund) if args.insurance_fund else None
+        engine = Engine(book, liquidate=args.liquidate, insurance_fund=fund,
+                        fund_name=str(args.insurance_fund) if args.insurance_fund else "insurance_fund")
+        if state is not None:
+            state.snapshot(engine, dict(next_tick=0))
     latency, skipped = [], []
-    for a, b in tqdm(zip(bounds[:-1], bounds[1:]), total=len(bounds) - 1, unit="tick", file=sys.stderr,
-                     disable=not sys.stderr.isatty()):
+    for k in tqdm(range(first, n_ticks), total=n_ticks, initial=first, unit="tick", file=sys.stderr,
+                  disable=not sys.stderr.isatty()):
+        a, b = bounds[k], bounds[k + 1]
         t = time.perf_counter()
         try:
             if np.any(sym[a:b] < 0):
                 engine.symbol_ids(names[a:b], ts[a])  # raises, naming the unknown symbols
             engine.on_symbol_marks(sym[a:b], price[a:b], ts[a])
+            latency.append(time.perf_counter() - t)
         except TickError as e:
             skipped.append(f"{e} (rows {a}..{b - 1} of {args.ticks})")
-            continue
-        latency.append(time.perf_counter() - t)
-    events = engine.events()
+        if state is not None and (k + 1) % every == 0:
+            state.snapshot(engine, dict(next_tick=k + 1))
+        elif state is not None and (k + 1) % JOURNAL_EVERY == 0:
+            state.flush(engine)
+    if state is not None:
+        state.snapshot(engine, dict(next_tick=n_ticks))
+    events = engine.events() if state is None else state.events()
     with output_dir(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund),
                     force=args.force) as tmp:
         write_parquet(events, tmp / "events.parquet")
@@ -319,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, metavar="DIR", required=True)
     r.add_argument("--liquidate", action="store_true", help="execute forced closes, insurance fund and ADL")
     r.add_argument("--insurance-fund", type=Path, metavar="FILE", help="asset, balance (default 0 everywhere)")
+    r.add_argument("--state", type=Path, metavar="STATE",
+                   help="keep the run resumable here: snapshots of the engine and the events journal")
+    r.add_argument("--snapshot-every", type=_count(1), metavar="N",
+                   help="ticks between snapshots (with --state; default 1,000)")
+    r.add_argument("--resume", action="store_true",
+                   help="go on from the newest whole snapshot in --state (same inputs and options)")
     _add_force(r)
     r.set_defaults(func=cmd_replay)
 

@@ -58,8 +58,9 @@ def test_event_frame_columns_dtypes_and_money():
                fund=INT64_MAX)
     log.append_block(np.int64(8), ACCOUNT_LIQUIDATABLE, np.array([0, 1]), equity=np.array([1.0, 2.0]))
     ev = log.frame(book)
-    assert ev.columns == ["ts", "kind", "account_id", "asset", "symbol", "position_side", "qty", "price",
+    assert ev.columns == ["seq", "ts", "kind", "account_id", "asset", "symbol", "position_side", "qty", "price",
                           "realized_pnl", "insurance_fund_delta", "equity", "mm", "risk_ratio"]
+    assert ev["seq"].to_list() == [0, 1, 2, 3] and log.frame(book, since_seq=2)["seq"].to_list() == [2, 3]
     assert ev["ts"].to_list() == [None, 7, 8, 8]
     assert ev["kind"].cast(pl.String).to_list() == [EVENT_KINDS[k] for k in (1, 2, 0, 0)]
     scale = int(book.asset_scale[book.wallets.asset[book.positions.wallet[3]]])

@@ -5,14 +5,17 @@
 - state.py: `TickState`, the incremental figures (symbol-major mirror, per-wallet running sums);
 - events.py: `EventLog`, the event log as growable columns, and the events table;
 - liquidation.py: forced close, fee, insurance fund, bankruptcy price, ADL as plans of money
-  moves (`plan_close` → `CloseMoves`) that change nothing until the engine applies them.
+  moves (`plan_close` → `CloseMoves`) that change nothing until the engine applies them;
+- durable.py: snapshots (`Engine.snapshot` / `Engine.restore`), the events journal and the
+  state folder of a resumable replay.
 """
 
 from .core import FULL_SCAN_SHARE, RESYNC_EVERY, Engine
+from .durable import SnapshotError
 from .events import (ACCOUNT_LIQUIDATABLE, ADL_CLOSE, EVENT_KINDS, FUND_SHORTFALL, LIQUIDATION_CLOSE,
                      POSITION_LIQUIDATABLE, EventLog)
 from .ticks import TickError, load_ticks
 
 __all__ = ["ACCOUNT_LIQUIDATABLE", "ADL_CLOSE", "EVENT_KINDS", "FULL_SCAN_SHARE", "FUND_SHORTFALL",
-           "LIQUIDATION_CLOSE", "POSITION_LIQUIDATABLE", "RESYNC_EVERY", "Engine", "EventLog", "TickError",
-           "load_ticks"]
+           "LIQUIDATION_CLOSE", "POSITION_LIQUIDATABLE", "RESYNC_EVERY", "Engine", "EventLog", "SnapshotError",
+           "TickError", "load_ticks"]

@@ -21,7 +21,7 @@ from ..errors import BookError, MoneyOverflowError
 from ..kernels import margin_balance, risk_ratio
 from ..money import INT64_MAX, INT64_MIN, to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
-from . import liquidation
+from . import durable, liquidation
 from .events import ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, EventLog
 from .state import TickState
 from .ticks import check_tick, symbol_ids
@@ -40,28 +40,34 @@ class Engine:
 
     State: the account figures in `out.accounts` (by wallet id), kept current every tick;
     the per-position figures symbol-major (`position_figures()` gives them in book order).
+    `snapshot(folder)` writes what the engine needs to go on and `Engine.restore(folder)`
+    gives an engine that does exactly what this one does from there (durable.py).
     """
 
     def __init__(self, book, marks=None, *, liquidate: bool = False, insurance_fund=None,
-                 resync_every: int = RESYNC_EVERY, fund_name: str = "insurance_fund"):
+                 resync_every: int = RESYNC_EVERY, fund_name: str = "insurance_fund", _resume=None):
         book = as_book(book)
         marks, marks_name = as_table(marks, "marks")
         insurance_fund, fund_name = as_table(insurance_fund, fund_name)
-        self.book = deepcopy(book) if liquidate else book
+        self.book = deepcopy(book) if liquidate and _resume is None else book  # a restored book is its own
         book = self.book
         mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
         book.check_marks(mark, None if marks is None else "marks")
         self.mark = mark.copy()
         self.execute = liquidate
         self.resync_every = resync_every
-        self._ticks = 0
         self.fund = self._read_fund(insurance_fund, fund_name)
-        self.ts = None
-        self._n_orders = len(book.orders)
-        self._order_origin = np.arange(len(book.orders), dtype=np.int64)  # current order -> order at load
-        self._events = EventLog()
+        # what a snapshot carries besides the book, the marks and the fund (durable.Resume)
+        self.ticks = 0 if _resume is None else _resume.ticks  # ticks applied
+        self.ts = None if _resume is None else _resume.ts
+        self._n_orders = len(book.orders) if _resume is None else _resume.n_orders
+        self._order_origin = (np.arange(len(book.orders), dtype=np.int64) if _resume is None
+                              else _resume.order_origin)  # current order -> order at load
+        self._events = EventLog(first_seq=0 if _resume is None else _resume.next_seq)
         self.state = TickState(book, self.mark)
         self.out = self.state.out
+        if _resume is not None:  # the snapshot was taken after an exact pass: these are its flags, reported
+            return
         # what is liquidatable at load is reported once, with no timestamp
         n_w = len(book.wallets)
         self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
@@ -87,24 +93,46 @@ class Engine:
         self.ts = ts if ts is not None else self.ts
         n_before = len(self._events)
         sym = np.sort(sym)
-        self._ticks += 1
+        self.ticks += 1
         state, pos = self.state, self.book.positions
-        if state.n_rows(sym) > FULL_SCAN_SHARE * len(pos) or self._ticks % self.resync_every == 0:
-            # most of the book moved: an exact parallel scan in book order; the symbol-major
-            # copies go stale and are refreshed symbol by symbol when a small tick needs them
-            iso = np.flatnonzero(pos.isolated)
-            old_acct, old_iso = self.out.accounts["liquidate"].copy(), self.out.positions["liquidate"][iso]
-            state.full_scan(self.mark)
-            wallets = np.arange(len(self.book.wallets))
-            self._report_accounts(wallets, old_acct)
-            self._report_positions(iso, old_iso)
+        if state.n_rows(sym) > FULL_SCAN_SHARE * len(pos) or self.ticks % self.resync_every == 0:
+            # most of the book moved: an exact parallel scan in book order
+            self._exact_pass()
         else:
             wallets, became_wallets, became_rows = state.tick(sym, self.mark)
             self._account_events(became_wallets)
             self._position_events(became_rows)
+            if self.execute:
+                self._liquidate(wallets)
+        return len(self._events) - n_before
+
+    def _exact_pass(self) -> None:
+        """Every figure recomputed exactly (no running sums), what became liquidatable
+        reported and, with liquidation on, closed. The symbol-major copies go stale and are
+        refreshed symbol by symbol when a small tick needs them."""
+        iso = np.flatnonzero(self.book.positions.isolated)
+        old_acct, old_iso = self.out.accounts["liquidate"].copy(), self.out.positions["liquidate"][iso]
+        self.state.full_scan(self.mark)
+        wallets = np.arange(len(self.book.wallets))
+        self._report_accounts(wallets, old_acct)
+        self._report_positions(iso, old_iso)
         if self.execute:
             self._liquidate(wallets)
-        return len(self._events) - n_before
+
+    # -- durability ----------------------------------------------------------------------
+    def snapshot(self, folder, replay: dict | None = None) -> None:
+        """Write everything this engine needs to go on into `folder`, whole or not at all
+        (durable.write_snapshot). It first makes an exact pass (as the periodic resync does),
+        so the figures a restore recomputes are this engine's own, bit for bit. `replay`: what
+        a resumable replay records beside it (where it stands in its tick file)."""
+        self._exact_pass()
+        durable.write_snapshot(self, folder, replay)
+
+    @classmethod
+    def restore(cls, folder) -> "Engine":
+        """The engine a snapshot holds (its checksums checked first: SnapshotError if it is
+        damaged); it does exactly what the snapshotted engine does from there."""
+        return durable.read_snapshot(folder)[0]
 
     # -- events --------------------------------------------------------------------------
     def _report_accounts(self, wallets, old):
@@ -225,9 +253,16 @@ class Engine:
             fund[asset] = to_units(df["balance"], self.book.asset_scale[asset], name)
         return fund
 
-    def events(self) -> pl.DataFrame:
-        """Every event so far (columns: model §8.2), money as exact decimals of the asset."""
-        return self._events.frame(self.book)
+    def events(self, since_seq: int | None = None) -> pl.DataFrame:
+        """Every event this engine holds (columns: model §8.2; `seq` numbers them over the
+        engine's whole history, a restored engine's first being its snapshot's next), or
+        those numbered since_seq and later. Money as exact decimals of the asset."""
+        return self._events.frame(self.book, since_seq)
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number of the next event."""
+        return self._events.next_seq
 
     def position_figures(self) -> dict[str, np.ndarray]:
         """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in

@@ -1,6 +1,8 @@
 """The event log (docs/model.md §8.2) as columnar buffers: one growable numpy array per
 column (capacity doubled when full, so appending is amortised O(1) per event), appended one
-event or a block of events at a time; `frame(book)` builds the events table."""
+event or a block of events at a time; `frame(book)` builds the events table. Every event has
+a sequence number, its place in the engine's whole history (a restored engine's log starts
+at the snapshot's next number)."""
 
 import numpy as np
 import polars as pl
@@ -23,9 +25,11 @@ COLUMNS = {"ts": (object, None), "kind": (np.int32, 0), "wallet": (np.int64, 0),
 
 class EventLog:
     """Events so far, column by column. `row` is the book row of the position (−1 for a
-    wallet's event); `realized` and `fund` are exact int64 units of the wallet's asset."""
+    wallet's event); `realized` and `fund` are exact int64 units of the wallet's asset.
+    The log's k-th event has sequence number first_seq + k."""
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, first_seq: int = 0):
+        self.first_seq = first_seq
         self._n = 0
         self._cols = {name: np.full(max(capacity, 1), fill, dtype=dtype) for name, (dtype, fill) in COLUMNS.items()}
 
@@ -33,12 +37,17 @@ class EventLog:
         return self._n
 
     @property
+    def next_seq(self) -> int:
+        """The sequence number the next event will have."""
+        return self.first_seq + self._n
+
+    @property
     def capacity(self) -> int:
         return len(self._cols["kind"])
 
-    def column(self, name: str) -> np.ndarray:
-        """The first len(self) values of a column (a view: do not keep it across appends)."""
-        return self._cols[name][:self._n]
+    def column(self, name: str, start: int = 0) -> np.ndarray:
+        """Values start..len(self) of a column (a view: do not keep it across appends)."""
+        return self._cols[name][start:self._n]
 
     def _reserve(self, extra: int) -> int:
         """Room for `extra` more events (capacity doubled until it fits); returns the first free index."""
@@ -79,30 +88,36 @@ class EventLog:
                 c[name][k:k + n] = columns.get(name, fill)
         self._n = k + n
 
-    def frame(self, book: Book) -> pl.DataFrame:
-        """The events table (columns: model §8.2), money as exact decimals of the wallet's asset."""
-        n = self._n
-        wal, row = self.column("wallet"), self.column("row")
+    def frame(self, book: Book, since_seq: int | None = None) -> pl.DataFrame:
+        """The events table (columns: model §8.2), money as exact decimals of the wallet's
+        asset: every event of the log, or those numbered since_seq and later."""
+        start = 0 if since_seq is None else min(max(since_seq - self.first_seq, 0), self._n)
+        n = self._n - start
+
+        def column(name):
+            return self.column(name, start)
+        wal, row = column("wallet"), column("row")
         has_row = row >= 0
         r = np.where(has_row, row, 0)
         asset = book.wallets.asset[wal] if n else np.zeros(0, np.int32)
         scale = book.output_scale
 
         def money(name):
-            return pl.from_arrow(units_to_decimal(self.column(name), scale, book.asset_scale[asset]))
+            return pl.from_arrow(units_to_decimal(column(name), scale, book.asset_scale[asset]))
 
         symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
         sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
         return pl.DataFrame({
-            "ts": pl.Series([_plain(t) for t in self.column("ts")]),
-            "kind": categorical(self.column("kind").copy(), EVENT_KINDS),
+            "seq": np.arange(self.first_seq + start, self.first_seq + self._n, dtype=np.int64),
+            "ts": pl.Series([_plain(t) for t in column("ts")]),
+            "kind": categorical(column("kind").copy(), EVENT_KINDS),
             "account_id": book.wallets.account_id[wal], "asset": categorical(asset, book.assets),
             "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
             "position_side": pl.Series(np.where(has_row, sides, None).tolist(), dtype=pl.String),
-            "qty": self.column("qty").copy(), "price": self.column("price").copy(),
+            "qty": column("qty").copy(), "price": column("price").copy(),
             "realized_pnl": money("realized"), "insurance_fund_delta": money("fund"),
-            "equity": self.column("equity").copy(), "mm": self.column("mm").copy(),
-            "risk_ratio": self.column("risk_ratio").copy(),
+            "equity": column("equity").copy(), "mm": column("mm").copy(),
+            "risk_ratio": column("risk_ratio").copy(),
         })
 
 
