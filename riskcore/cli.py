@@ -16,7 +16,8 @@ _LOAD = ("book._wallet_ids", "book._mixed_groups", "book._derive", "money._fixed
 _SCAN = _LOAD + ("kernels.scan_pass",)
 _MOVES = ("money._run_sums",)  # Book.apply_moves
 _AMOUNTS = ("money.decimal_places", "money.amounts_kernel")  # exact settlement and close amounts
-_TICKS = _SCAN + _MOVES + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values")
+_TICKS = _SCAN + _MOVES + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values",
+                                      "engine.state.symbol_major", "engine.state._take")
 KERNELS_OF = {"scan": _SCAN, "apply": _SCAN + _MOVES + ("ops.apply_kernel",), "replay": _TICKS,
               "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _MOVES + _AMOUNTS}
 
@@ -28,11 +29,11 @@ def _cold_cache_notice(command: str) -> None:
 
     from . import config
     for name in KERNELS_OF.get(command, ()):
-        module, function = name.split(".")
+        module, function = name.rsplit(".", 1)
         kernel = getattr(importlib.import_module(f"riskcore.{module}"), function)
-        line = kernel.py_func.__code__.co_firstlineno
-        index = (Path(kernel.py_func.__code__.co_filename).parent / "__pycache__" /
-                 f"{module}.{function}-{line}.py{sys.version_info.major}{sys.version_info.minor}.nbi")
+        code = kernel.py_func.__code__
+        index = (Path(code.co_filename).parent / "__pycache__" / f"{Path(code.co_filename).stem}.{function}-"
+                 f"{code.co_firstlineno}.py{sys.version_info.major}{sys.version_info.minor}.nbi")
         if not config.CACHE or not index.exists():
             print(f"riskcore: compiling kernels for {command} (first run after install: a few seconds) ...",
                   file=sys.stderr, flush=True)

@@ -193,3 +193,17 @@ def test_first_run_compilation_is_announced_for_the_kernels_a_command_runs(book_
     monkeypatch.setattr(config, "CACHE", False)
     cli._cold_cache_notice("apply")
     assert "compiling kernels for apply" in capsys.readouterr().err
+
+
+def test_no_compilation_announced_once_a_command_has_run(book_dir, tmp_path, capsys):
+    """The cache check finds every kernel of a command after it ran, in nested modules too
+    (engine.state): a notice on every run would be a false alarm."""
+    from riskcore import cli
+    from riskcore.gen import generate_ticks
+    from riskcore.io import book_tables, load_book
+    generate_ticks(book_tables(load_book(book_dir)), 50, seed=1).write_parquet(tmp_path / "ticks.parquet")
+    assert main(["replay", str(book_dir), str(tmp_path / "ticks.parquet"), "--liquidate", "--out",
+                 str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    cli._cold_cache_notice("replay")
+    assert capsys.readouterr().err == ""
