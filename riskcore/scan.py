@@ -242,7 +242,7 @@ def write_scan(book, folder: Path, marks=None, *, liq_prices: bool = True, colum
     def parts():
         for w0, w1 in part_bounds(book, part_rows):
             r0, r1 = pos_start[w0], pos_start[w1]
-            out = ScanArrays(ScanArrays.empty(r1 - r0, 0).positions,
+            out = ScanArrays(_part_buffers(r1 - r0, with_liq_price),
                              {name: column[w0:w1] for name, column in accounts.items()})
             t = time.perf_counter()
             scan_into(book, mark, out, with_liq_price=with_liq_price, part=(w0, w1))
@@ -255,6 +255,16 @@ def write_scan(book, folder: Path, marks=None, *, liq_prices: bool = True, colum
     frame = _accounts_frame(book, ScanArrays({}, accounts), account_columns)
     write_parquet(frame, Path(folder) / "accounts.parquet")
     return summary_text(tally, frame, sum(seconds))
+
+
+def _part_buffers(n: int, with_liq_price: bool) -> dict[str, np.ndarray]:
+    """A part's position buffers, unfilled: the kernel writes every figure of every row (the
+    liquidation price only when asked: null otherwise). Small, and mostly the memory of the
+    parts before, so nothing is gained by faulting them in first (see ScanArrays.empty)."""
+    buffers = {name: np.empty(n) for name in POSITION_FIGURES} | {"liquidate": np.empty(n, bool)}
+    if not with_liq_price:
+        buffers["liq_price"][:] = np.nan
+    return buffers
 
 
 def _book_and_mark(book, marks) -> tuple[Book, np.ndarray]:
