@@ -99,11 +99,10 @@ def cmd_apply(args) -> None:
 def cmd_replay(args) -> None:
     import numpy as np
     import polars as pl
-    from tqdm import tqdm
 
-    from .engine import EVENT_KINDS, Engine, TickError, load_ticks
-    from .engine.durable import JOURNAL_EVERY, SNAPSHOT_EVERY, ReplayState, digest
-    from .io import book_tables, load_book, read_table, write_parquet, write_tables
+    from .engine import EVENT_KINDS
+    from .engine.durable import SNAPSHOT_EVERY, ReplayState, digest
+    from .io import book_tables, write_parquet, write_tables
     from .output import check_output, output_dir
     inputs = (args.book, args.ticks, args.insurance_fund)
     check_output(args.out, command="replay", inputs=inputs, force=args.force)
@@ -113,14 +112,51 @@ def cmd_replay(args) -> None:
         raise BookError("replay", None, "--resume and --snapshot-every need --state STATE")
     state, engine, first = None, None, 0
     if args.state is not None:  # where the run stands comes from the state, never from the user
-        every = args.snapshot_every or SNAPSHOT_EVERY
-        identity = dict(book=digest(args.book), tick_file=digest(args.ticks),
-                        insurance_fund=digest(args.insurance_fund), liquidate=args.liquidate, snapshot_every=every)
+        identity = dict(book=digest(args.book), tick_file=digest(args.ticks), insurance_fund=digest(args.insurance_fund),
+                        liquidate=args.liquidate, snapshot_every=args.snapshot_every or SNAPSHOT_EVERY)
         if args.resume:
             state, engine, replay = ReplayState.resume(args.state, identity)
             first = replay["next_tick"]
         else:
             state = ReplayState.start(args.state, identity)
+    try:
+        engine, latency, skipped = _replay(args, engine, state, first)
+        events = engine.events() if state is None else state.events()
+    finally:
+        if state is not None:
+            state.close()  # the next run may take the state (a resume in this process too)
+    with output_dir(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund),
+                    force=args.force) as tmp:
+        write_parquet(events, tmp / "events.parquet")
+        if args.liquidate:
+            write_parquet(engine.insurance_fund(), tmp / "insurance_fund.parquet")
+            write_tables(book_tables(engine.current_book()), tmp / "book")
+    lat = np.array(latency) * 1e3
+    if len(lat):
+        print(f"{len(lat):,} ticks in {lat.sum() / 1e3:.2f} s: {len(lat) / (lat.sum() / 1e3):,.0f} ticks/s; "
+              f"latency per tick p50 {np.percentile(lat, 50):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms, "
+              f"max {lat.max():.3f} ms")
+    counts = events["kind"].cast(pl.String).value_counts()
+    by_kind = dict(zip(counts["kind"], counts["count"]))
+    print("events: " + ", ".join(f"{k} {by_kind.get(k, 0):,}" for k in EVENT_KINDS))
+    if skipped:
+        print(f"skipped {len(skipped)} bad tick(s), nothing of them applied:", file=sys.stderr)
+        for line in skipped[:5]:
+            print(f"  {line}", file=sys.stderr)
+    print("wrote events.parquet" + (", insurance_fund.parquet and book/" if args.liquidate else "")
+          + f" to {args.out}")
+
+
+def _replay(args, engine, state, first: int):
+    """The ticks of args.ticks from tick `first` on through `engine` (a new one from the book
+    when None), snapshotting and journalling into `state` when there is one. Returns (the
+    engine, per-tick latencies, lines for the skipped bad ticks)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .engine import Engine, TickError, load_ticks
+    from .engine.durable import JOURNAL_EVERY
+    from .io import load_book, read_table
     book = load_book(args.book) if engine is None else engine.book
     # Ticks are runs of rows with equal ts, in file order; the whole file is checked and
     # names are mapped to ids once, before anything runs.
@@ -145,33 +181,13 @@ def cmd_replay(args) -> None:
             latency.append(time.perf_counter() - t)
         except TickError as e:
             skipped.append(f"{e} (rows {a}..{b - 1} of {args.ticks})")
-        if state is not None and (k + 1) % every == 0:
+        if state is not None and (k + 1) % state.every == 0:
             state.snapshot(engine, dict(next_tick=k + 1))
         elif state is not None and (k + 1) % JOURNAL_EVERY == 0:
             state.flush(engine)
     if state is not None:
         state.snapshot(engine, dict(next_tick=n_ticks))
-    events = engine.events() if state is None else state.events()
-    with output_dir(args.out, command="replay", inputs=(args.book, args.ticks, args.insurance_fund),
-                    force=args.force) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        if args.liquidate:
-            write_parquet(engine.insurance_fund(), tmp / "insurance_fund.parquet")
-            write_tables(book_tables(engine.current_book()), tmp / "book")
-    lat = np.array(latency) * 1e3
-    if len(lat):
-        print(f"{len(lat):,} ticks in {lat.sum() / 1e3:.2f} s: {len(lat) / (lat.sum() / 1e3):,.0f} ticks/s; "
-              f"latency per tick p50 {np.percentile(lat, 50):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms, "
-              f"max {lat.max():.3f} ms")
-    counts = events["kind"].cast(pl.String).value_counts()
-    by_kind = dict(zip(counts["kind"], counts["count"]))
-    print("events: " + ", ".join(f"{k} {by_kind.get(k, 0):,}" for k in EVENT_KINDS))
-    if skipped:
-        print(f"skipped {len(skipped)} bad tick(s), nothing of them applied:", file=sys.stderr)
-        for line in skipped[:5]:
-            print(f"  {line}", file=sys.stderr)
-    print("wrote events.parquet" + (", insurance_fund.parquet and book/" if args.liquidate else "")
-          + f" to {args.out}")
+    return engine, latency, skipped
 
 
 def cmd_settle(args) -> None:

@@ -17,9 +17,11 @@ after an exact pass, so that recomputation gives the snapshotted engine's state 
 and the restored engine goes on exactly as the original does.
 """
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,19 +145,20 @@ class ReplayState:
 
     KEEP = 2
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, every: int = SNAPSHOT_EVERY):
         self.folder = Path(folder)
+        self.every = every  # ticks between snapshots
         self.snapshots = self.folder / "snapshots"
         self.journal = self.folder / "events"
         self.flushed = 0  # the next event number not yet in the journal
 
-    LEFTOVERS = {".run.json.tmp", "events", "snapshots"}  # what a start killed before run.json leaves
+    LEFTOVERS = {".run.json.tmp", ".lock", "events", "snapshots"}  # what a start killed before run.json leaves
 
     @classmethod
     def start(cls, folder, identity: dict) -> "ReplayState":
         """A new run's state in `folder`: new or empty (or what a start killed before its
         run.json leaves); a folder holding a run, or anything else, is refused."""
-        state = cls(folder)
+        state = cls(folder, identity["snapshot_every"])
         held = {p.name for p in state.folder.iterdir()} if state.folder.is_dir() else set()
         if "run.json" in held:
             raise BookError(str(state.folder), None, "already holds a replay's state: resume it with --resume, "
@@ -165,20 +168,40 @@ class ReplayState:
                                                      "or empty folder")
         with writing(state.folder):
             state.folder.mkdir(parents=True, exist_ok=True)
+            state._lock()
             _write_whole(state.folder / "run.json", json.dumps(identity, indent=1).encode())
             state._folders()
         return state
 
+    def _lock(self) -> None:
+        """Hold the state's lock for this process's life: one run at a time (the kernel drops
+        a killed run's lock, so a resume never waits for the dead)."""
+        self._lock_fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BookError(str(self.folder), None, "is in use by another replay right now") from None
+
+    def close(self) -> None:
+        """Let the state go (the lock; a killed run's goes with its process)."""
+        os.close(self._lock_fd)
+
     def _folders(self) -> None:
+        """The journal and snapshot folders, without what killed runs left half written."""
         for folder in (self.journal, self.snapshots):
             folder.mkdir(exist_ok=True)
+            for leftover in folder.glob(".*"):  # staging copies, temp parts: the lock says no run owns them
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
     @classmethod
     def resume(cls, folder, identity: dict):
         """(the state, the engine of its newest whole snapshot, what the replay recorded);
         the engine is None when no snapshot is whole (a kill before the first was published):
         the run then starts again from its inputs, which are the same ones."""
-        state = cls(folder)
+        state = cls(folder, identity["snapshot_every"])
         try:
             started = json.loads((state.folder / "run.json").read_text())
         except (OSError, ValueError):
@@ -186,8 +209,10 @@ class ReplayState:
         for key, value in identity.items():
             if started.get(key) != value:
                 raise BookError(str(state.folder), None, f"was started with another {key.replace('_', ' ')} "
-                                                         f"({started.get(key)} ≠ {value}); resume with the same "
-                                                         "inputs and options, or start a new --state folder")
+                                                         f"({str(started.get(key))[:16]} ≠ {str(value)[:16]}); resume "
+                                                         "with the same inputs and options, or start a new --state "
+                                                         "folder")
+        state._lock()
         state._folders()
         engine, replay = None, dict(next_tick=0)
         for snap in sorted(state.snapshots.glob("tick-*"), reverse=True):
@@ -223,7 +248,7 @@ class ReplayState:
         self.flush(engine)
         write_snapshot(engine, self.snapshots / f"tick-{replay['next_tick']:012d}", replay)
         for old in sorted(self.snapshots.glob("tick-*"))[:-self.KEEP]:
-            _remove_tree(old)
+            shutil.rmtree(old, ignore_errors=True)
 
     def events(self) -> pl.DataFrame:
         """Every event of the run, in sequence, from the journal."""
@@ -251,6 +276,3 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(folder: Path) -> None:
-    import shutil
-    shutil.rmtree(folder, ignore_errors=True)
