@@ -5,6 +5,7 @@
 - representable(): whether a book's money stays inside 64-bit units after a 4x move
 - books(), tier_tables(): Hypothesis strategies, random books with every feature of
   docs/model.md §2 and its edge cases
+- tick_paths(): a random book with a path of mark moves (crashes, jumps) and a fund
 """
 
 import polars as pl
@@ -133,3 +134,21 @@ def books(draw, max_symbols: int = 4, max_accounts: int = 5, derived_only: bool 
                                   leverage=pl.Float64, margin_mode=pl.String)),
         marks=frame(marks, dict(symbol=pl.String, mark_price=pl.Float64)),
     )
+
+
+@st.composite
+def tick_paths(draw, max_symbols: int = 3, most_moved: int | None = None, ticks=(1, 8)):
+    """(tables, path, fund): a random book, a path of ticks — each [(symbols, relative moves)]
+    moving at most `most_moved` symbols, with crashes and jumps but every mark within 4x of its
+    start (where `representable` keeps money inside 64 bits) — and an insurance fund per asset."""
+    tables = draw(books(max_symbols=max_symbols, max_accounts=4).filter(representable))
+    symbols = tables["instruments"]["symbol"].to_list()
+    path, level = [], dict.fromkeys(symbols, 1.0)
+    for _ in range(draw(st.integers(*ticks))):
+        chosen = draw(st.lists(st.sampled_from(symbols), min_size=1, max_size=most_moved, unique=True))
+        moves = [draw(st.sampled_from([0.5, 0.8, 0.97, 0.999, 1.0, 1.001, 1.03, 1.25, 2.0])) for _ in chosen]
+        moves = [m if 0.25 <= level[s] * m <= 4 else 1.0 for s, m in zip(chosen, moves)]
+        for s, m in zip(chosen, moves):
+            level[s] *= m
+        path.append((chosen, moves))
+    return tables, path, draw(st.sampled_from([0.0, 0.0, 1.0, 1e9]))

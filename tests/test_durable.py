@@ -20,30 +20,10 @@ from hypothesis import strategies as st
 import riskcore as rc
 from riskcore.cli import main
 from riskcore.engine import Engine
-from riskcore.engine.durable import SnapshotError
+from riskcore.engine.durable import ReplayState, SnapshotError
 from riskcore.io import book_tables
 
-from books import books, representable
-
-MOVES = [0.5, 0.8, 0.97, 0.999, 1.0, 1.001, 1.03, 1.25, 2.0]
-
-
-@st.composite
-def paths_with_a_snapshot(draw):
-    # enough symbols that a one-symbol tick is incremental (running sums, not a full scan)
-    tables = draw(books(max_symbols=6, max_accounts=4).filter(representable))
-    symbols = tables["instruments"]["symbol"].to_list()
-    path, level = [], dict.fromkeys(symbols, 1.0)
-    for _ in range(draw(st.integers(2, 10))):
-        chosen = draw(st.lists(st.sampled_from(symbols), min_size=1, max_size=2, unique=True))
-        moves = [draw(st.sampled_from(MOVES)) for _ in chosen]
-        moves = [m if 0.25 <= level[s] * m <= 4 else 1.0 for s, m in zip(chosen, moves)]  # 64-bit money
-        for s, m in zip(chosen, moves):
-            level[s] *= m
-        path.append((chosen, moves))
-    at = draw(st.integers(0, len(path)))
-    return tables, path, at, draw(st.sampled_from([0.0, 0.0, 1.0, 1e9])), draw(st.booleans())
-
+from books import tick_paths
 
 def play(engine, path, start):
     for ts, (chosen, moves) in enumerate(path[start:], start):
@@ -64,11 +44,13 @@ def assert_same_engine(a, b):
     assert (a.ticks, a.ts, a.next_seq) == (b.ticks, b.ts, b.next_seq)
 
 
-@given(case=paths_with_a_snapshot())
-def test_a_restored_engine_goes_on_exactly_as_the_original(case, tmp_path_factory):
+# enough symbols that a one-symbol tick is incremental (running sums, not a full scan)
+@given(case=tick_paths(max_symbols=6, most_moved=2, ticks=(2, 10)), at=st.integers(0, 10), liquidate=st.booleans())
+def test_a_restored_engine_goes_on_exactly_as_the_original(case, at, liquidate, tmp_path_factory):
     """Ticks run incrementally (no full scans but the snapshot's), so the original's running
     sums have drifted by rounding when it is snapshotted: the restore must still match."""
-    tables, path, at, fund, liquidate = case
+    tables, path, fund = case
+    at = min(at, len(path))
     with mock.patch("riskcore.engine.core.FULL_SCAN_SHARE", 1.0):
         _snapshot_midway(tables, path, at, fund, liquidate, tmp_path_factory)
 
@@ -141,13 +123,18 @@ def test_a_resume_falls_back_to_the_snapshot_before_a_damaged_one(tmp_path, caps
         assert pl.read_parquet(tmp_path / "again" / name).equals(pl.read_parquet(tmp_path / "whole" / name)), name
 
 
-def test_resume_refuses_other_inputs_and_start_refuses_a_used_state(tmp_path, capsys):
+def test_resume_refuses_other_inputs_a_state_in_use_and_start_a_used_state(tmp_path, capsys):
     book, ticks = _book_with_ticks(tmp_path, ticks=10)
     other = tmp_path / "other.parquet"
     pl.read_parquet(ticks).head(5).write_parquet(other)
     state = tmp_path / "state"
     assert main(["replay", str(book), str(ticks), "--out", str(tmp_path / "o"), "--state", str(state)]) == 0
     capsys.readouterr()
+    running = ReplayState(state)  # another replay holding the state right now
+    running._lock()
+    assert main([str(a) for a in ["replay", book, ticks, "--state", state, "--resume", "--out", tmp_path / "o2"]]) == 2
+    assert "is in use by another replay right now" in capsys.readouterr().err
+    running.close()
     cases = [(["replay", book, other, "--state", state, "--resume"], "another tick file"),
              (["replay", book, ticks, "--state", state, "--resume", "--liquidate"], "another liquidate"),
              (["replay", book, ticks, "--state", state], "already holds a replay's state"),

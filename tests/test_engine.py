@@ -6,14 +6,13 @@ import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 import riskcore as rc
 from riskcore.engine import Engine, TickError
 from riskcore.io import book_tables
 from riskcore.scan import ScanArrays, scan_into
 
-from books import books, representable
+from books import books, representable, tick_paths
 from naive.engine import reference_liquidation
 
 CLOSES = ("liquidation_close", "adl_close", "insurance_fund_shortfall")
@@ -40,23 +39,6 @@ def assert_equals_full_scan(engine):
     margin = np.abs(a["equity"] - a["cross_fee"] - a["cross_mm"])
     clear = margin > 1e-9 * gross  # flags agree wherever the boundary is not within rounding
     np.testing.assert_array_equal(engine.out.accounts["liquidate"][clear], a["liquidate"][clear])
-
-
-@st.composite
-def tick_paths(draw):
-    tables = draw(books(max_symbols=3, max_accounts=4).filter(representable))
-    symbols = tables["instruments"]["symbol"].to_list()
-    path, level = [], dict.fromkeys(symbols, 1.0)
-    for _ in range(draw(st.integers(1, 8))):
-        chosen = draw(st.lists(st.sampled_from(symbols), min_size=1, unique=True))
-        moves = [draw(st.sampled_from([0.5, 0.8, 0.97, 0.999, 1.0, 1.001, 1.03, 1.25, 2.0])) for _ in chosen]
-        # stay within 4x of the start, where `representable` guarantees 64-bit money
-        moves = [m if 0.25 <= level[s] * m <= 4 else 1.0 for s, m in zip(chosen, moves)]
-        for s, m in zip(chosen, moves):
-            level[s] *= m
-        path.append((chosen, moves))
-    fund = draw(st.sampled_from([0.0, 0.0, 1.0, 1e9]))
-    return tables, path, fund
 
 
 def run(tables, path, fund, liquidate, resync_every=1000):
