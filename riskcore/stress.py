@@ -19,6 +19,7 @@ import polars as pl
 from .book import Book
 from .errors import BookError
 from .io import as_book, as_table
+from .money import realized_units
 
 UNIFORM_STEPS = tuple(range(-50, 0, 5)) + tuple(range(5, 55, 5))   # percent
 COIN_SHOCK = 20        # percent: each of the largest coins alone, down and up
@@ -176,9 +177,13 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
             # a close against ADL is at the bankruptcy price: what it realizes beyond the
             # close at the mark is its share of the deficit; a close at the mark with the
             # fund paying has the deficit as the fund's payment
-            signed = -ev["qty"].to_numpy()   # the position's quantity before the close
-            at_mark = np.where(inverse, signed * face * (1 / entry - 1 / mark[sym]), signed * face * (mark[sym] - entry))
-            adl_share = np.where(liq & (at != mark[sym]), np.maximum(realized - at_mark, 0.0), 0.0)
+            bankrupt = liq & (at != mark[sym])
+            adl_share = np.zeros(ev.height)
+            if bankrupt.any():  # the close at the mark, in units as the engine rounds it
+                k = np.flatnonzero(bankrupt)
+                scale = ev["scale"].to_numpy()[k]
+                at_mark = realized_units(-ev["qty"].to_numpy()[k], entry[k], face[k], inverse[k], mark[sym[k]], scale)
+                adl_share[k] = np.maximum(realized[k] - at_mark * 10.0 ** -scale, 0.0)
             fund_paid = np.where(fund_delta < 0, -fund_delta, 0.0)
             deficit = (np.where(liq, fund_paid, 0.0) + adl_share) * to_quote
             per_wallet = (pl.DataFrame({"account_id": ev["account_id"], "asset": ev["asset"].cast(pl.String),
@@ -219,4 +224,5 @@ def _position_keys(book: Book) -> pl.DataFrame:
         "account_id": book.wallets.account_id[pos.wallet], "symbol": names[pos.symbol].tolist(),
         "position_side": sides[pos.side].tolist(), "sym": pos.symbol.astype(np.int64),
         "asset_id": inst.settle_asset[pos.symbol].astype(np.int64), "face": inst.face_value[pos.symbol],
-        "inverse": inst.inverse[pos.symbol], "entry_price": pos.entry_price, "isolated": pos.isolated})
+        "inverse": inst.inverse[pos.symbol], "entry_price": pos.entry_price, "isolated": pos.isolated,
+        "scale": book.asset_scale[inst.settle_asset[pos.symbol]]})
