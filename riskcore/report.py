@@ -1,4 +1,4 @@
-"""The risk report (`riskcore report`, docs/model.md §11): one self-contained HTML page a risk
+"""The risk report (`riskcore report`, docs/model.md §12): one self-contained HTML page a risk
 officer reads and forwards — the stress ladder through the engine's liquidation, a
 liquidation map per symbol, the distribution and concentration of risk — and the scenario
 table as Parquet beside it.

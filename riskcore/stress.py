@@ -1,4 +1,4 @@
-"""Stress scenarios (docs/model.md §11, `riskcore.stress`, `riskcore report`): the book's marks
+"""Stress scenarios (docs/model.md §12, `riskcore.stress`, `riskcore report`): the book's marks
 shocked, and what the engine's own liquidation does at those marks — forced closes,
 liquidation fees, the insurance fund, auto-deleveraging — on a copy of the book per scenario.
 
