@@ -99,7 +99,9 @@ def _table(frame: pl.DataFrame, columns: dict, caption: str = "", table_id: str 
     for row in frame.select(list(columns)).iter_rows():
         cells = []
         for v in row:
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v is None:
+                cells.append('<td class="n" data-v="">—</td>')
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 key = "Infinity" if v == float("inf") else ("" if v != v else repr(float(v)))
                 cells.append(f'<td class="n" data-v="{key}">{fmt(v)}</td>')
             else:
@@ -112,7 +114,7 @@ def _table(frame: pl.DataFrame, columns: dict, caption: str = "", table_id: str 
 
 def _figure(fig, legend: str, div_id: str) -> str:
     import plotly.io as pio
-    fig.update_layout(template="plotly_white", margin=dict(l=70, r=30, t=50, b=50), separators=".,",
+    fig.update_layout(template="plotly_white", margin=dict(l=70, r=30, t=fig.layout.margin.t or 50, b=50), separators=".,",
                       font=dict(family="system-ui, sans-serif", size=12))
     plot = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id,
                        config={"displaylogo": False, "responsive": True})
@@ -147,7 +149,8 @@ def _stress_section(result: StressResult) -> str:
     fig.update_xaxes(title="move of every mark (%)", ticksuffix="%", dtick=5)
     fig.update_yaxes(title=f"{q}", tickformat=",.0f", secondary_y=False)
     fig.update_yaxes(title="wallets + isolated positions liquidated", tickformat=",d", secondary_y=True,
-                     showgrid=False)
+                     showgrid=False, rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", secondary_y=False)
     legend = (f"Each point is one scenario run through the engine's forced liquidation on a copy of the book: "
               f"closes at the shocked marks, liquidation fees to the insurance fund, deficits paid by the fund, "
               f"auto-deleveraging (ADL) at bankruptcy prices when the fund cannot pay. <b>Notional liquidated</b>: "
@@ -173,7 +176,7 @@ def _stress_section(result: StressResult) -> str:
                "fund_fees": f"fund fees in ({q})", "fund_used": f"fund used ({q})",
                "fund_shortfall": f"fund shortfall ({q})", "adl_positions": "ADL closes",
                "adl_notional": f"ADL notional ({q})", "seconds": "seconds"}
-    table = _table(s, columns, "Every scenario (click a header to sort). Also in the .scenarios.parquet file "
+    table = _table(s.with_columns(pl.col("seconds").round(2)), columns, "Every scenario (click a header to sort). Also in the .scenarios.parquet file "
                                "beside this page.", "scenarios")
     return ('<section id="stress"><h2>Stress scenarios</h2>' + _figure(fig, legend, "fig-ladder")
             + _figure(fig2, legend2, "fig-coins") + table + "</section>")
@@ -235,7 +238,7 @@ def _map_section(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: n
                         row=r, col=c, hovertemplate="price %{x:,.6g}: %{y:,.0f} " + quote + f"<extra>{label}</extra>")
         fig.add_vline(x=float(mark[s]), line=dict(color="#333", dash="dash"), row=r, col=c)
     fig.update_layout(title=f"Liquidation map: notional liquidating at each price level ({quote})", barmode="stack",
-                      bargap=0, height=300 * rows + 100, legend=dict(orientation="h", y=-0.08))
+                      bargap=0, height=300 * rows + 140, legend=dict(orientation="h", y=-0.08), margin=dict(t=110))
     fig.update_yaxes(tickformat=",.3~s")
     map_legend = (f"Per symbol, the notional ({quote}) that liquidates if the mark reaches each price level (bands "
                   f"of 1% of the mark, ±50%): longs (red) below the mark (dashed line), shorts (green) above. A tall "
@@ -302,7 +305,9 @@ def _distribution_section(book: Book, mark: np.ndarray, base, price: np.ndarray,
                                             pl.col("asset").sort().str.join(",").alias("assets")))
     worst = (result.deficits.group_by("account_id").agg(pl.col("deficit").max(), pl.col("scenario")
                                                          .sort_by("deficit").last().alias("worst_scenario")))
-    accounts = accounts.join(worst, on="account_id", how="left").with_columns(pl.col("deficit").fill_null(0.0))
+    accounts = (accounts.join(worst, on="account_id", how="left")
+                .with_columns(pl.col("deficit").fill_null(0.0), pl.col("worst_risk_ratio").round(4),
+                              pl.col("account_id").cast(pl.String)))   # an id, not a number to group by thousands
     cols = {"account_id": "account", "assets": "assets", "equity": f"equity ({q})", "mm": f"maintenance margin ({q})",
             "notional": f"notional ({q})", "worst_risk_ratio": "worst risk ratio",
             "deficit": f"potential deficit ({q})", "worst_scenario": "in scenario"}

@@ -159,8 +159,11 @@ window.addEventListener("load", function () { setTimeout(function () {
   var figs = {};
   document.querySelectorAll(".js-plotly-plot").forEach(function (d) {
     figs[d.id] = d.querySelectorAll(".trace path, .hm image").length; });
+  var table = document.getElementById("scenarios");
+  table.querySelectorAll("th")[5].click();   // deficit: a click sorts it, largest first
+  var deficits = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[5].getAttribute("data-v")); });
   var p = document.createElement("pre"); p.id = "probe";
-  p.textContent = JSON.stringify({errors: __errors, figures: figs});
+  p.textContent = JSON.stringify({errors: __errors, figures: figs, deficits: deficits});
   document.body.appendChild(p); }, 1000); });
 </script>"""
 
@@ -196,6 +199,8 @@ def test_page_renders_in_chromium(page, tmp_path):
     assert result["errors"] == []
     assert set(result["figures"]) == {"fig-ladder", "fig-coins", "fig-heatmap", "fig-maps", "fig-risk", "fig-distance"}
     assert all(n > 0 for n in result["figures"].values()), result["figures"]   # every plot drew its marks
+    deficits = result["deficits"]
+    assert len(deficits) == 28 and deficits == sorted(deficits, reverse=True) and deficits[0] > deficits[-1]
     shots = {}
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")
