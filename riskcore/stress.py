@@ -205,6 +205,7 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
         end = engine.insurance_fund()["balance"].cast(pl.Float64).to_numpy()
         row["fund_shortfall"] = float(np.nansum(np.maximum(-end, 0.0) * price))
         rows.append(dict(scenario=sc.name, kind=sc.kind, **row, seconds=seconds))
+        del engine, ev  # one scenario's copy of the book in memory at a time
     table = pl.DataFrame(rows).select(SCENARIO_COLUMNS)
     schema = {"account_id": pl.Int64, "asset": pl.String, "deficit_asset": pl.Float64, "deficit": pl.Float64,
               "scenario": pl.String}
