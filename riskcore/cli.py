@@ -176,7 +176,7 @@ def cmd_replay(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .io import load_book, read_table
+    from .io import load_book
     from .output import check_files
     from .report import GENERATOR, scenarios_path, write_report
     inputs = (args.book, args.marks, args.insurance_fund)
@@ -184,9 +184,8 @@ def cmd_report(args) -> None:
                 marker=GENERATOR)
     t = time.perf_counter()
     book = load_book(args.book, marks=args.marks)
-    fund = read_table(args.insurance_fund) if args.insurance_fund else None
-    with _progress("scenario") as bar:
-        report = write_report(book, args.out, insurance_fund=fund, coins=args.coins, force=args.force,
+    with _progress("scenario") as bar:  # the fund as its path: errors name the file
+        report = write_report(book, args.out, insurance_fund=args.insurance_fund, coins=args.coins, force=args.force,
                               inputs=inputs, progress=bar)
     s = report.stress.scenarios
     worst = s.sort("deficit", descending=True).row(0, named=True)

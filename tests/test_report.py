@@ -221,3 +221,25 @@ def test_report_cli(tmp_path, capsys):
     assert out.exists() and (tmp_path / "r" / "risk.scenarios.parquet").exists()
     assert main(["report", str(book), "--out", str(book / "x.html")]) == 2
     assert "never writes into its input" in capsys.readouterr().err
+
+
+def test_report_cli_marks_fund_and_bad_input(tmp_path, capsys):
+    book = tmp_path / "book"
+    assert main(["gen", "--accounts", "100", "--positions", "1000", "--symbols", "12", str(book)]) == 0
+    marks = pl.read_parquet(book / "marks.parquet").with_columns(pl.col("mark_price") * 0.97)
+    marks.write_parquet(tmp_path / "marks.parquet")
+    pl.DataFrame({"asset": ["USDT"], "balance": [1e6]}).write_parquet(tmp_path / "fund.parquet")
+    out = tmp_path / "r.html"
+    assert main(["report", str(book), "--marks", str(tmp_path / "marks.parquet"), "--insurance-fund",
+                 str(tmp_path / "fund.parquet"), "--coins", "1", "--out", str(out)]) == 0
+    table = pl.read_parquet(tmp_path / "r.scenarios.parquet")
+    assert table.height == 1 + 20 + 2 + 1                              # one coin: down and up
+    at_marks = table.filter(pl.col("scenario") == "base").row(0, named=True)
+    direct = stress(str(book), tmp_path / "marks.parquet", insurance_fund=tmp_path / "fund.parquet",
+                    ladder=[scenarios(rc.load_book(book))[0]]).scenarios.row(0, named=True)
+    assert {k: v for k, v in at_marks.items() if k != "seconds"} == {k: v for k, v in direct.items() if k != "seconds"}
+    capsys.readouterr()
+    pl.DataFrame({"asset": ["DOGE"], "balance": [1.0]}).write_parquet(tmp_path / "bad.parquet")
+    assert main(["report", str(book), "--insurance-fund", str(tmp_path / "bad.parquet"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.parquet" in err and "asset" in err
