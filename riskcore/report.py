@@ -40,10 +40,11 @@ class Report:
     seconds: dict
 
 
-def build_report(book, marks=None, *, insurance_fund=None, coins: int = 3, title: str | None = None,
+def build_report(book, marks=None, *, insurance_fund=None, coins: int = 3, ladder=None, title: str | None = None,
                  progress: Callable[[str], None] | None = None) -> Report:
     """The report of a book at `marks` (default the book's own) with the insurance fund
-    `insurance_fund` (asset, balance; default empty) at the start of every scenario."""
+    `insurance_fund` (asset, balance; default empty) at the start of every scenario;
+    `ladder` (a list of stress.Scenario) replaces the default scenarios."""
     from .scan import scan
     from . import __version__
     book = as_book(book)
@@ -55,7 +56,7 @@ def build_report(book, marks=None, *, insurance_fund=None, coins: int = 3, title
     base = scan(book, None if marks is None else marks)
     seconds["scan"] = time.perf_counter() - t
     t = time.perf_counter()
-    result = stress(book, marks, insurance_fund=insurance_fund, coins=coins, progress=progress)
+    result = stress(book, marks, insurance_fund=insurance_fund, coins=coins, ladder=ladder, progress=progress)
     seconds["stress"] = time.perf_counter() - t
     t = time.perf_counter()
     quote = result.quote
@@ -127,10 +128,12 @@ def _stress_section(result: StressResult) -> str:
     from plotly.subplots import make_subplots
     q = result.quote
     s = result.scenarios
-    ladder = s.filter(pl.col("kind").is_in(["uniform", "base"]))
-    shock = [0 if n == "base" else int(n[3:-1]) for n in ladder["scenario"]]
-    order = np.argsort(shock)
-    x = np.array(shock)[order]
+    # the uniform shocks by their move (base is 0%); other scenarios get the second chart
+    ladder = (s.with_columns(shock=pl.when(pl.col("scenario") == "base").then(pl.lit("0"))
+                             .otherwise(pl.col("scenario").str.extract(r"^all([+-]\d+)%$")).cast(pl.Int64))
+              .filter(pl.col("kind").is_in(["uniform", "base"]) & pl.col("shock").is_not_null()))
+    order = np.argsort(ladder["shock"].to_numpy(), kind="stable")
+    x = ladder["shock"].to_numpy()[order]
 
     def col(name, frame=ladder, sort=order):
         return frame[name].to_numpy()[sort]
@@ -159,7 +162,7 @@ def _stress_section(result: StressResult) -> str:
               f"<b>fund shortfall</b>: how far it ended below zero. <b>ADL notional</b>: opposite positions "
               f"closed to cover deficits. The 0% point is the book at its marks (what is liquidatable now). "
               f"Amounts in {q} at each scenario's marks.")
-    others = s.filter(pl.col("kind").is_in(["coin", "market"]))
+    others = s.filter(~pl.col("kind").is_in(["uniform", "base"]))
     fig2 = go.Figure()
     for name, color in (("notional_liquidated", "#9ecae1"), ("deficit", "#d62728"), ("adl_notional", "#9467bd")):
         fig2.add_bar(x=others["scenario"], y=others[name], name=f"{name.replace('_', ' ')} ({q})", marker_color=color,
@@ -183,27 +186,40 @@ def _stress_section(result: StressResult) -> str:
 
 
 # -- the liquidation map ----------------------------------------------------------------
-def _map_section(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: np.ndarray, quote: str) -> str:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def liquidation_map(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: np.ndarray,
+                    quote: str | None = None) -> tuple[list[int], np.ndarray]:
+    """The symbols with the largest open interest (up to HEATMAP_SYMBOLS, largest first) and,
+    per symbol, side (0 short, 1 long) and band of the mark, the notional in the quote whose
+    liquidation price lies in that band: band k covers moves of the mark from
+    −MAP_RANGE + k·w to −MAP_RANGE + (k+1)·w, w = 2·MAP_RANGE / MAP_BINS. Open positions
+    with a liquidation price that are not liquidatable already (`positions`: a scan's)."""
     pos, inst = book.positions, book.instruments
     liq = positions["liq_price"].fill_null(np.nan).to_numpy()
-    flagged = positions["liquidate"].to_numpy()
     notional = positions["notional"].to_numpy() * price[inst.settle_asset[pos.symbol]]
-    ok = np.isfinite(liq) & (pos.qty != 0) & ~flagged & np.isfinite(notional)
-    sym, liq, notional, long = pos.symbol[ok], liq[ok], notional[ok], pos.qty[ok] > 0
-    move = liq / mark[sym] - 1.0                       # the move of this symbol's mark that liquidates
+    ok = np.isfinite(liq) & (pos.qty != 0) & ~positions["liquidate"].to_numpy() & np.isfinite(notional)
+    sym, notional, long = pos.symbol[ok], notional[ok], pos.qty[ok] > 0
+    move = liq[ok] / mark[sym] - 1.0                       # the move of this symbol's mark that liquidates
     oi = open_interest(book, mark, quote)
     top = [int(s) for s in np.argsort(-np.nan_to_num(oi), kind="stable")[:HEATMAP_SYMBOLS] if oi[s] > 0]
-    if not top:
-        return '<section id="map"><h2>Liquidation map</h2><p>No open positions.</p></section>'
-    edges = np.linspace(-MAP_RANGE, MAP_RANGE, MAP_BINS + 1)
     rank = np.full(len(inst), -1)
     rank[top] = np.arange(len(top))
     keep = (rank[sym] >= 0) & (np.abs(move) < MAP_RANGE)
-    b = np.clip(np.searchsorted(edges, move[keep], side="right") - 1, 0, MAP_BINS - 1)
-    grid = np.zeros((len(top), MAP_BINS))
-    np.add.at(grid, (rank[sym[keep]], b), notional[keep])
+    # every (symbol, side, band) in one pass
+    band = np.clip(np.floor((move[keep] + MAP_RANGE) / (2 * MAP_RANGE) * MAP_BINS).astype(np.int64), 0, MAP_BINS - 1)
+    cell = (rank[sym[keep]] * 2 + long[keep]) * MAP_BINS + band
+    by_side = np.bincount(cell, weights=notional[keep], minlength=len(top) * 2 * MAP_BINS)
+    return top, by_side.reshape(len(top), 2, MAP_BINS)
+
+
+def _map_section(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: np.ndarray, quote: str) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    inst = book.instruments
+    top, by_side = liquidation_map(book, mark, positions, price, quote)
+    if not top:
+        return '<section id="map"><h2>Liquidation map</h2><p>No open positions.</p></section>'
+    edges = np.linspace(-MAP_RANGE, MAP_RANGE, MAP_BINS + 1)
+    grid = by_side.sum(axis=1)
     names = [inst.symbol[s] for s in top]
     centers = (edges[:-1] + edges[1:]) / 2 * 100
     with np.errstate(divide="ignore"):
@@ -217,8 +233,8 @@ def _map_section(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: n
                        height=max(360, 26 * len(top) + 140), yaxis=dict(autorange="reversed"))
     heat.update_xaxes(title="move of the symbol's mark that liquidates (%)", ticksuffix="%", zeroline=True)
     heat_legend = (f"Each cell: the notional ({quote}) of positions whose liquidation price lies in that 1% band "
-                   f"of the symbol's mark — longs to the left (they liquidate as the price falls), shorts to the "
-                   f"right. Cross positions' liquidation prices hold every other mark where it is. Symbols by open "
+                   f"of the symbol's mark — to the left what liquidates as the price falls (longs), to the right "
+                   f"as it rises (shorts). Cross positions' liquidation prices hold every other mark where it is. Symbols by open "
                    f"interest (gross notional), largest first; colour on a log scale; positions already "
                    f"liquidatable are in the stress ladder's 0% point, not here.")
     n_maps = min(MAP_SYMBOLS, len(top))
@@ -226,23 +242,19 @@ def _map_section(book: Book, mark: np.ndarray, positions: pl.DataFrame, price: n
     rows = (n_maps + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=names[:n_maps], vertical_spacing=0.12)
     for k in range(n_maps):
-        s = top[k]
-        r, c = k // cols + 1, k % cols + 1
+        s, r, c = top[k], k // cols + 1, k % cols + 1
         levels = mark[s] * (1 + (edges[:-1] + edges[1:]) / 2)
-        for side, color, label in ((True, "#d62728", "longs"), (False, "#2ca02c", "shorts")):
-            values = np.zeros(MAP_BINS)
-            sel = keep & (sym == s) & (long == side)
-            np.add.at(values, np.clip(np.searchsorted(edges, move[sel], side="right") - 1, 0, MAP_BINS - 1),
-                      notional[sel])
-            fig.add_bar(x=levels, y=values, name=label, marker_color=color, showlegend=(k == 0), legendgroup=label,
+        for side, color, label in ((1, "#d62728", "longs"), (0, "#2ca02c", "shorts")):
+            fig.add_bar(x=levels, y=by_side[k, side], name=label, marker_color=color, showlegend=(k == 0), legendgroup=label,
                         row=r, col=c, hovertemplate="price %{x:,.6g}: %{y:,.0f} " + quote + f"<extra>{label}</extra>")
         fig.add_vline(x=float(mark[s]), line=dict(color="#333", dash="dash"), row=r, col=c)
     fig.update_layout(title=f"Liquidation map: notional liquidating at each price level ({quote})", barmode="stack",
                       bargap=0, height=300 * rows + 140, legend=dict(orientation="h", y=-0.08), margin=dict(t=110))
     fig.update_yaxes(tickformat=",.3~s")
     map_legend = (f"Per symbol, the notional ({quote}) that liquidates if the mark reaches each price level (bands "
-                  f"of 1% of the mark, ±50%): longs (red) below the mark (dashed line), shorts (green) above. A tall "
-                  f"bar near the mark is a cascade waiting to happen.")
+                  f"of 1% of the mark, ±50%): long positions red, short positions green, the mark dashed. Longs sit "
+                  f"below the mark and shorts above, but for a hedge-mode leg of a wallet that is net the other way "
+                  f"(it liquidates with its wallet). A tall bar near the mark is a cascade waiting to happen.")
     return ('<section id="map"><h2>Liquidation map</h2>' + _figure(heat, heat_legend, "fig-heatmap")
             + _figure(fig, map_legend, "fig-maps") + "</section>")
 
@@ -293,29 +305,7 @@ def _distribution_section(book: Book, mark: np.ndarray, base, price: np.ndarray,
                    f"liquidation price, bars weighted by notional ({q}; hover for the count). Not drawn: "
                    f"{fmt(far)} positions 50% or more away, and {fmt(int(((pos.qty != 0) & ~np.isfinite(liq)).sum()))} "
                    f"with no liquidation price (no move liquidates them).")
-    # top accounts
-    wallets = pl.DataFrame({"account_id": book.wallets.account_id, "asset": [book.assets[a] for a in book.wallets.asset],
-                            "equity": acc["equity"].to_numpy() * wallet_price,
-                            "mm": acc["cross_mm"].to_numpy() * wallet_price, "risk_ratio": rr})
-    w_notional = np.bincount(pos.wallet, weights=np.nan_to_num(p["notional"].to_numpy()), minlength=len(book.wallets))
-    w_mm = np.bincount(pos.wallet, weights=np.nan_to_num(p["mm"].to_numpy()), minlength=len(book.wallets))
-    accounts = (wallets.with_columns(notional=w_notional * wallet_price, mm=w_mm * wallet_price)
-                .group_by("account_id").agg(pl.col("equity").sum(), pl.col("mm").sum(), pl.col("notional").sum(),
-                                            pl.col("risk_ratio").max().alias("worst_risk_ratio"),
-                                            pl.col("asset").sort().str.join(",").alias("assets")))
-    worst = (result.deficits.group_by("account_id").agg(pl.col("deficit").max(), pl.col("scenario")
-                                                         .sort_by("deficit").last().alias("worst_scenario")))
-    accounts = (accounts.join(worst, on="account_id", how="left")
-                .with_columns(pl.col("deficit").fill_null(0.0), pl.col("worst_risk_ratio").round(4),
-                              pl.col("account_id").cast(pl.String)))   # an id, not a number to group by thousands
-    cols = {"account_id": "account", "assets": "assets", "equity": f"equity ({q})", "mm": f"maintenance margin ({q})",
-            "notional": f"notional ({q})", "worst_risk_ratio": "worst risk ratio",
-            "deficit": f"potential deficit ({q})", "worst_scenario": "in scenario"}
-    tables = "".join(
-        _table(accounts.sort(by, descending=True, nulls_last=True).head(TOP_ACCOUNTS), cols,
-               f"Top {TOP_ACCOUNTS} accounts by {label}", f"top-{by}")
-        for by, label in (("mm", "maintenance margin (all positions, cross and isolated)"), ("notional", "notional"),
-                          ("deficit", "potential deficit: the largest deficit at bankruptcy over the stress scenarios")))
+    tables = _top_accounts(book, acc, p, wallet_price, result)
     # totals per settlement asset
     pos_asset = inst.settle_asset[pos.symbol]
     n_assets = len(book.assets)
@@ -344,6 +334,55 @@ def _distribution_section(book: Book, mark: np.ndarray, base, price: np.ndarray,
             + tot + tables + "</section>")
 
 
+def _top_accounts(book: Book, acc: pl.DataFrame, p: pl.DataFrame, wallet_price: np.ndarray,
+                  result: StressResult) -> str:
+    """Top accounts by maintenance margin, notional and potential deficit: per-account sums
+    over the account's wallets (wallets are sorted by account: segments), in the quote."""
+    q = result.quote
+    account = book.wallets.account_id
+    if not len(account):
+        return ""
+    starts = np.flatnonzero(np.r_[True, account[1:] != account[:-1]])
+    ids = account[starts]
+    pos = book.positions
+
+    def per_account(per_wallet):
+        return np.add.reduceat(np.nan_to_num(per_wallet * wallet_price), starts)
+    n_w = len(account)
+    figures = {
+        "equity": per_account(acc["equity"].to_numpy()),
+        "mm": per_account(np.bincount(pos.wallet, weights=np.nan_to_num(p["mm"].to_numpy()), minlength=n_w)),
+        "notional": per_account(np.bincount(pos.wallet, weights=np.nan_to_num(p["notional"].to_numpy()),
+                                            minlength=n_w)),
+        "worst_risk_ratio": np.fmax.reduceat(acc["risk_ratio"].to_numpy(), starts)}
+    # potential deficit: an account's deficit in a scenario (all its wallets), the largest over the scenarios
+    per_scenario = result.deficits.group_by("scenario", "account_id").agg(pl.col("deficit").sum())
+    worst = per_scenario.sort("deficit", "scenario", descending=[True, False]).unique("account_id", keep="first")
+    deficit, scenario = np.zeros(len(ids)), np.full(len(ids), None, dtype=object)
+    at = np.searchsorted(ids, worst["account_id"].to_numpy())
+    deficit[at], scenario[at] = worst["deficit"].to_numpy(), worst["scenario"].to_list()
+    figures["deficit"] = deficit
+    picked = {by: np.argsort(-figures[by], kind="stable")[:TOP_ACCOUNTS] for by in ("mm", "notional", "deficit")}
+    picked["deficit"] = picked["deficit"][deficit[picked["deficit"]] > 0]
+    cols = {"account_id": "account", "assets": "assets", "equity": f"equity ({q})", "mm": f"maintenance margin ({q})",
+            "notional": f"notional ({q})", "worst_risk_ratio": "worst risk ratio",
+            "deficit": f"potential deficit ({q})", "worst_scenario": "in scenario"}
+    bounds = np.r_[starts, n_w]
+    html_tables = []
+    for by, label in (("mm", "maintenance margin (all positions, cross and isolated)"), ("notional", "notional"),
+                      ("deficit", "potential deficit: the largest deficit at bankruptcy over the stress scenarios, "
+                                  "all of the account's wallets")):
+        k = picked[by]
+        frame = pl.DataFrame({
+            "account_id": [str(i) for i in ids[k]],   # an id, not a number to group by thousands
+            "assets": [",".join(sorted(book.assets[a] for a in book.wallets.asset[bounds[j]:bounds[j + 1]])) for j in k],
+            **{name: values[k] for name, values in figures.items()},
+            "worst_scenario": pl.Series(scenario[k].tolist(), dtype=pl.String)})
+        frame = frame.with_columns(pl.col("worst_risk_ratio").round(4))
+        html_tables.append(_table(frame, cols, f"Top {TOP_ACCOUNTS} accounts by {label}", f"top-{by}"))
+    return "".join(html_tables)
+
+
 # -- the page ---------------------------------------------------------------------------
 def _header(book: Book, base, quote: str, fund, version: str) -> str:
     acc = base.accounts
@@ -353,7 +392,7 @@ def _header(book: Book, base, quote: str, fund, version: str) -> str:
                  ", ".join(f"{fmt(float(b))} {a}" for a, b in zip(fund["asset"].cast(pl.String), fund["balance"])))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     facts = [("positions", fmt(len(book.positions))), ("wallets", fmt(len(book.wallets))),
-             ("accounts", fmt(int(np.unique(book.wallets.account_id).size))),
+             ("accounts", fmt(int(np.count_nonzero(np.diff(book.wallets.account_id)) + min(len(book.wallets), 1)))),
              ("symbols", fmt(len(book.instruments))), ("liquidatable now", f"{fmt(n_liq)} wallets, {fmt(iso)} isolated"),
              ("insurance fund", fund_text), ("amounts in", quote), ("written", f"{when} by riskcore {version}")]
     return "<dl class=facts>" + "".join(f"<dt>{k}</dt><dd>{html.escape(v)}</dd>" for k, v in facts) + "</dl>"

@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 
 from .book import Book
-from .errors import BookError
 from .io import as_book, as_table
 from .money import realized_units
 
@@ -126,9 +125,12 @@ class StressResult:
     quote: str
 
 
-SCENARIO_COLUMNS = ("scenario", "kind", "wallets_liquidated", "isolated_liquidated", "positions_closed",
-                    "notional_liquidated", "deficit", "fund_fees", "fund_used", "fund_shortfall", "adl_positions",
-                    "adl_notional", "seconds")
+SCENARIO_SCHEMA = {"scenario": pl.String, "kind": pl.String, "wallets_liquidated": pl.Int64,
+                   "isolated_liquidated": pl.Int64, "positions_closed": pl.Int64, "notional_liquidated": pl.Float64,
+                   "deficit": pl.Float64, "fund_fees": pl.Float64, "fund_used": pl.Float64,
+                   "fund_shortfall": pl.Float64, "adl_positions": pl.Int64, "adl_notional": pl.Float64,
+                   "seconds": pl.Float64}
+SCENARIO_COLUMNS = tuple(SCENARIO_SCHEMA)
 
 
 def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | None = None, coins: int = 3, betas: dict | None = None,
@@ -149,7 +151,6 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
     fund, fund_name = as_table(insurance_fund, "insurance_fund")
     ladder = scenarios(book, base, coins=coins, betas=betas) if ladder is None else ladder
     quote = quote_asset(book)
-    keys = _position_keys(book)
     known = np.flatnonzero(np.isfinite(base))
     rows, deficits = [], []
     for sc in ladder:
@@ -162,8 +163,9 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
                         liquidate=True, insurance_fund=fund, fund_name=fund_name)
         seconds = time.perf_counter() - t
         price = asset_prices(book, mark, quote)
-        ev = (engine.events().filter(pl.col("kind").is_in(["liquidation_close", "adl_close", "insurance_fund_shortfall"]))
-              .join(keys, on=["account_id", "symbol", "position_side"], how="left"))
+        ev = engine.events().filter(pl.col("kind").is_in(["liquidation_close", "adl_close", "insurance_fund_shortfall"]))
+        ev = ev.join(_position_keys(book, ev["account_id"].to_numpy()), on=["account_id", "symbol", "position_side"],
+                     how="left")
         if ev.height:
             sym = ev["sym"].to_numpy()
             q, at = np.abs(ev["qty"].to_numpy()), ev["price"].to_numpy()
@@ -206,24 +208,28 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
         row["fund_shortfall"] = float(np.nansum(np.maximum(-end, 0.0) * price))
         rows.append(dict(scenario=sc.name, kind=sc.kind, **row, seconds=seconds))
         del engine, ev  # one scenario's copy of the book in memory at a time
-    table = pl.DataFrame(rows).select(SCENARIO_COLUMNS)
+    table = pl.DataFrame(rows, schema=SCENARIO_SCHEMA, orient="row") if rows else pl.DataFrame(schema=SCENARIO_SCHEMA)
     schema = {"account_id": pl.Int64, "asset": pl.String, "deficit_asset": pl.Float64, "deficit": pl.Float64,
               "scenario": pl.String}
     per_wallet = pl.concat([pl.DataFrame(schema=schema)] + [d.cast(schema) for d in deficits], how="vertical_relaxed")
     return StressResult(table, per_wallet.select("scenario", "account_id", "asset", "deficit_asset", "deficit"), quote)
 
 
-def _position_keys(book: Book) -> pl.DataFrame:
-    """Per position (account_id, symbol, position_side): what an event's row needs to be valued."""
+def _position_keys(book: Book, accounts: np.ndarray) -> pl.DataFrame:
+    """The positions of these accounts by (account_id, symbol, position_side), with what an
+    event's row needs to be valued (an account's positions are contiguous: its wallets'
+    ranges)."""
     from .book import SIDES
-    pos, inst = book.positions, book.instruments
-    if not len(pos):
-        raise BookError("positions", None, "the book holds no positions: nothing to stress")
-    sides = np.array(SIDES, dtype=object)
-    names = np.array(inst.symbol, dtype=object)
+    from .engine.state import ranges
+    pos, inst, wal = book.positions, book.instruments, book.wallets
+    w = np.flatnonzero(np.isin(wal.account_id, np.unique(accounts)))
+    rows = ranges(wal.pos_start[w], wal.pos_start[w + 1])
+    sym = pos.symbol[rows]
     return pl.DataFrame({
-        "account_id": book.wallets.account_id[pos.wallet], "symbol": names[pos.symbol].tolist(),
-        "position_side": sides[pos.side].tolist(), "sym": pos.symbol.astype(np.int64),
-        "asset_id": inst.settle_asset[pos.symbol].astype(np.int64), "face": inst.face_value[pos.symbol],
-        "inverse": inst.inverse[pos.symbol], "entry_price": pos.entry_price, "isolated": pos.isolated,
-        "scale": book.asset_scale[inst.settle_asset[pos.symbol]]})
+        "account_id": wal.account_id[pos.wallet[rows]],
+        "symbol": pl.Series(np.array(inst.symbol, dtype=object)[sym].tolist(), dtype=pl.String),
+        "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side[rows]].tolist(), dtype=pl.String),
+        "sym": sym.astype(np.int64),
+        "asset_id": inst.settle_asset[sym].astype(np.int64), "face": inst.face_value[sym],
+        "inverse": inst.inverse[sym], "entry_price": pos.entry_price[rows], "isolated": pos.isolated[rows],
+        "scale": book.asset_scale[inst.settle_asset[sym]]})

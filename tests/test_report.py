@@ -243,3 +243,38 @@ def test_report_cli_marks_fund_and_bad_input(tmp_path, capsys):
     assert main(["report", str(book), "--insurance-fund", str(tmp_path / "bad.parquet"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.parquet" in err and "asset" in err
+
+
+def test_liquidation_map_against_rows():
+    """Every open position with a liquidation price, not liquidatable already, in its band,
+    one row at a time, in USDT (a coin's notional at its linear contract's mark)."""
+    from riskcore.report import MAP_BINS, MAP_RANGE, liquidation_map
+    from riskcore.stress import asset_prices
+    tables = generate(300, 3000, 40, seed=5)
+    book = rc.Book.from_tables(**tables)
+    scanned = rc.scan(book).positions
+    price = asset_prices(book, book.mark)
+    top, by_side = liquidation_map(book, book.mark, scanned, price)
+    marks = dict(zip(tables["marks"]["symbol"], tables["marks"]["mark_price"]))
+    inst = tables["instruments"]
+    settle = dict(zip(inst["symbol"], inst["settle_asset"]))
+    coin_usd = {a: marks[f"{a}USDT"] for a in set(settle.values()) if a != "USDT"} | {"USDT": 1.0}
+    names = [book.instruments.symbol[s] for s in top]
+    oi = {}
+    for r in scanned.iter_rows(named=True):
+        oi[r["symbol"]] = oi.get(r["symbol"], 0.0) + r["notional"] * coin_usd[settle[r["symbol"]]]
+    assert names == sorted(oi, key=lambda s: -oi[s])[:len(names)]            # largest open interest first
+    expected = np.zeros_like(by_side)
+    for r in scanned.iter_rows(named=True):
+        if r["symbol"] not in names or r["qty"] == 0 or r["liquidate"] or r["liq_price"] is None:
+            continue
+        move = r["liq_price"] / marks[r["symbol"]] - 1
+        if abs(move) >= MAP_RANGE:
+            continue
+        band = min(int((move + MAP_RANGE) / (2 * MAP_RANGE) * MAP_BINS), MAP_BINS - 1)
+        expected[names.index(r["symbol"]), int(r["qty"] > 0), band] += r["notional"] * coin_usd[settle[r["symbol"]]]
+    assert np.allclose(by_side, expected, rtol=1e-12, atol=1e-9)
+    # longs liquidate below the mark, shorts above (but for hedge-mode legs of a wallet net the other way)
+    assert by_side[:, 1, :MAP_BINS // 2].sum() > 0.9 * by_side[:, 1].sum()
+    assert by_side[:, 0, MAP_BINS // 2:].sum() > 0.9 * by_side[:, 0].sum()
+    assert by_side.sum() > 0
