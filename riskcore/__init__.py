@@ -10,7 +10,7 @@ import types
 _PUBLIC = {"Book": "book", "BookError": "errors", "Engine": "engine", "MoneyOverflowError": "errors",
            "OutputError": "output", "ScanResult": "scan", "Settlement": "settle", "SnapshotError": "engine",
            "TickError": "engine",
-           "apply_requests": "ops", "load_book": "io", "scan": "scan", "settle": "settle"}
+           "apply_requests": "ops", "load_book": "io", "scan": "scan", "settle": "settle", "stress": "stress"}
 __all__ = sorted(_PUBLIC)
 
 
@@ -34,7 +34,7 @@ def __dir__():
 
 
 class _Package(types.ModuleType):
-    """`scan` and `settle` are functions of the API and modules too: importing the module
+    """`scan`, `settle` and `stress` are functions of the API and modules too: importing the module
     riskcore.scan would set the package's `scan` to it. Setting a public name to a module is
     dropped, so the name stays the function (__getattr__ above)."""
 

@@ -156,6 +156,26 @@ def run(positions: int = 1_000_000, seed: int = 0, repeats: int = 9, log=print) 
     requests = generate_requests(tables, max(1, positions // 10), seed)
     record(f"margin requests: {requests.height:,}", _times(lambda: apply_requests(book, requests), 3),
            requests.height)
+    # The risk report: every scenario a full engine run with closes on its own copy of the
+    # book; one run each (a ladder is minutes where closes are many), after a warm-up scenario.
+    from .report import build_report
+    from .stress import scenarios, stress
+    ladder = scenarios(book)
+    one = [s for s in ladder if s.name == "all-10%"]
+    stress(book, ladder=ladder[:1])  # warm-up (the base scenario): compiled code loaded, buffers touched
+    cpu, t = time.process_time(), time.perf_counter()
+    stress(book, ladder=one)
+    record("stress: one scenario, all-10% (engine start-up + its closes)", [time.perf_counter() - t], rows)
+    results[-1].update(cpu_s=time.process_time() - cpu)
+    cpu, t = time.process_time(), time.perf_counter()
+    report = build_report(book)
+    record(f"report: scan + {report.stress.scenarios.height} scenarios with closes + page",
+           [time.perf_counter() - t], rows)
+    results[-1].update(cpu_s=time.process_time() - cpu, **{f"{k}_s": v for k, v in report.seconds.items()},
+                       closes=int(report.stress.scenarios["positions_closed"].sum()
+                                  + report.stress.scenarios["adl_positions"].sum()))
+    log(f"    (scan {report.seconds['scan']:.1f} s, scenarios {report.seconds['stress']:.1f} s, page "
+        f"{report.seconds['page']:.1f} s; {results[-1]['closes']:,} closes)")
     with tempfile.TemporaryDirectory() as tmp:
         write_tables(tables, Path(tmp) / "book")
         tables["marks"].write_parquet(Path(tmp) / "marks.parquet")

@@ -6,6 +6,8 @@ tier tables, resting orders, and balances drawn so that a small share of account
 isolated positions sit at or past their maintenance margin.
 """
 
+import math
+
 import numpy as np
 import polars as pl
 
@@ -218,31 +220,168 @@ def generate_requests(tables: dict[str, pl.DataFrame], n: int, seed: int = 0) ->
     })
 
 
-def generate_ticks(tables: dict[str, pl.DataFrame], n_ticks: int, seed: int = 0, symbols_per_tick: int | None = None,
-                   interval_ms: int = 100) -> pl.DataFrame:
-    """A mark-price stream (`ts`, `symbol`, `mark_price`): per-symbol random walks with
-    occasional jumps; popular symbols tick more often. `symbols_per_tick` fixes how many
-    symbols each tick changes (default: a random handful)."""
-    rng = np.random.default_rng(seed)
-    marks = tables["marks"]
-    names = marks["symbol"].to_list()
-    price = marks["mark_price"].to_numpy().copy()
-    popularity = tables["positions"]["symbol"].cast(pl.String).value_counts()
-    weight = dict(zip(popularity["symbol"], popularity["count"]))
-    p = np.array([weight.get(s, 0) + 1.0 for s in names])
-    p /= p.sum()
-    ts, sym, px = [], [], []
+# The tick model (`generate_ticks`): numbers a desk would recognise for crypto perpetuals.
+SECONDS_PER_YEAR = 365.25 * 86_400   # crypto trades every second of the year
+MARKET_VOL = 0.55                    # annualised vol of the common market factor
+COIN_VOL = {"BTC": 0.60, "ETH": 0.70, "BNB": 0.60, "SOL": 0.85, "XRP": 0.85, "DOGE": 0.95, "ADA": 0.85,
+            "AVAX": 0.95, "LINK": 0.90, "DOT": 0.85, "TRX": 0.50, "TON": 0.80, "LTC": 0.75, "BCH": 0.80,
+            "NEAR": 1.00, "APT": 1.00, "ARB": 1.05, "OP": 1.05, "SUI": 1.10, "PEPE": 1.30}
+ALT_VOL = (0.90, 2.00)               # other coins: from the most to the least held
+MARKET_JUMPS_PER_YEAR = 12.0         # market-wide jumps (every coin, scaled by its beta)
+MARKET_JUMP_SCALE = 0.025            # mean size of a market jump (Laplace), 60% of them down
+COIN_JUMPS_PER_YEAR = (6.0, 40.0)    # a coin's own jumps: the most held coin .. the least held
+COIN_JUMP_SCALE = 0.04               # mean size of a coin's own jump at vol 1.0 (scales with vol)
+BASIS_SD, BASIS_HALF_LIFE_S = 2e-4, 300.0   # each contract's premium over its coin: stationary sd, half-life
+
+
+def tick_model(tables: dict[str, pl.DataFrame], seed: int = 0) -> pl.DataFrame:
+    """The parameters `generate_ticks` draws with, one row per symbol: its `coin` (what the
+    contract is priced on: an inverse contract's settle asset, a linear one's symbol less its
+    settle asset), annualised `vol`, `beta` to the market factor, `jumps_per_year` and
+    `jump_scale` of the coin's own jumps. Contracts of one coin share its price path."""
+    rng = np.random.default_rng([seed, 1])
+    inst = tables["instruments"]
+    names = tables["marks"]["symbol"].cast(pl.String).to_list()
+    by_symbol = dict(zip(inst["symbol"].cast(pl.String).to_list(),
+                         zip(inst["contract_type"].cast(pl.String).to_list(), inst["settle_asset"].to_list())))
+    coin = []
+    for s in names:
+        kind, settle = by_symbol[s]
+        coin.append(settle if kind == "inverse" else s[: -len(settle)] if s.endswith(settle) and s != settle else s)
+    held = dict(zip(*tables["positions"]["symbol"].cast(pl.String).value_counts().to_dict(as_series=False).values()))
+    coins = sorted(set(coin))
+    count = np.array([sum(held.get(s, 0) for s, c in zip(names, coin) if c == k) for k in coins], float) + 1.0
+    thin = np.clip(np.log10(count.max() / count) / 3.0, 0.0, 1.0)      # 0 the most held .. 1 (1000x fewer)
+    vol = np.array([COIN_VOL.get(k, np.nan) for k in coins])
+    alt = np.isnan(vol)
+    vol[alt] = (ALT_VOL[0] + (ALT_VOL[1] - ALT_VOL[0]) * thin[alt]) * np.exp(rng.normal(0.0, 0.08, alt.sum()))
+    vol = np.clip(vol, 0.3, 2.5)
+    beta = np.where(np.array(coins) == "BTC", 1.0, rng.uniform(0.8, 1.3, len(coins)))
+    beta = np.minimum(beta, 0.95 * vol / MARKET_VOL)   # the factor explains at most 90% of a coin's variance
+    jumps = COIN_JUMPS_PER_YEAR[0] + (COIN_JUMPS_PER_YEAR[1] - COIN_JUMPS_PER_YEAR[0]) * thin
+    k = np.searchsorted(coins, coin)
+    return pl.DataFrame({"symbol": names, "coin": coin, "vol": vol[k], "beta": beta[k], "jumps_per_year": jumps[k],
+                         "jump_scale": COIN_JUMP_SCALE * vol[k]})
+
+
+def generate_ticks(tables: dict[str, pl.DataFrame], n_ticks: int, seed: int = 0, feed: str = "all",
+                   interval_ms: int | None = None, market_jumps_per_year: float = MARKET_JUMPS_PER_YEAR,
+                   jump_rate_factor: float = 1.0) -> pl.DataFrame:
+    """A mark-price stream (`ts`, `symbol`, `mark_price`) from the book's marks, deterministic
+    for a seed. Each coin's log price moves by `beta` times a common market factor plus its
+    own noise (so its annualised vol is `vol`), with rare jumps: market-wide ones and the
+    coin's own; every contract of a coin (linear and inverse) follows the coin times a small
+    premium that reverts to zero (`tick_model` has the numbers per symbol).
+
+    `feed="all"`: `n_ticks` ticks, every symbol in each, `interval_ms` apart (default 1,000:
+    the all-symbol 1-second feed of a desk). `feed="symbol"`: `n_ticks` updates of one symbol
+    each, popular symbols more often, at random gaps of `interval_ms` on average (default 100)."""
+    if feed not in ("all", "symbol"):
+        raise BookError("gen", None, f"feed must be 'all' or 'symbol', got {feed!r}")
+    interval_ms = interval_ms or (1000 if feed == "all" else 100)
+    if interval_ms < 1:
+        raise BookError("gen", None, f"the tick interval must be at least 1 ms, got {interval_ms}")
+    model = tick_model(tables, seed)
+    rng = np.random.default_rng([seed, 2])
+    names = model["symbol"].to_list()
+    coin = np.unique(model["coin"].to_numpy(), return_inverse=True)[1]
+    n_coins, n_sym = coin.max() + 1 if len(coin) else 0, len(names)
+    first = {}
+    for s, c in enumerate(coin):
+        first.setdefault(c, s)
+    at = np.array([first[c] for c in range(n_coins)], dtype=np.int64)
+    vol, beta = model["vol"].to_numpy()[at], model["beta"].to_numpy()[at]
+    jump_rate = model["jumps_per_year"].to_numpy()[at] * jump_rate_factor / SECONDS_PER_YEAR
+    jump_scale = model["jump_scale"].to_numpy()[at]
+    idio = np.sqrt(np.maximum(vol ** 2 - (beta * MARKET_VOL) ** 2, 0.0))
+    start_price = tables["marks"]["mark_price"].to_numpy().astype(float)
+
+    if feed == "all":
+        t = np.arange(1, n_ticks + 1) * (interval_ms / 1000.0)
+        rows_sym = np.tile(np.arange(n_sym), n_ticks)
+    else:
+        gaps = np.maximum(1, np.round(rng.exponential(interval_ms, n_ticks))).astype(np.int64)
+        t = np.cumsum(gaps) / 1000.0
+        held = tables["positions"]["symbol"].cast(pl.String).value_counts()
+        count = dict(zip(held["symbol"].to_list(), held["count"].to_list()))
+        weight = np.array([count.get(s, 0) + 1.0 for s in names])
+        rows_sym = rng.choice(n_sym, n_ticks, p=weight / weight.sum())
+    # The market factor at every tick time (one path for the whole stream)
+    dt = np.diff(np.r_[0.0, t])
+    factor = np.cumsum(rng.normal(0.0, 1.0, len(t)) * MARKET_VOL * np.sqrt(dt / SECONDS_PER_YEAR)
+                       + _jumps(rng, market_jumps_per_year / SECONDS_PER_YEAR * dt, MARKET_JUMP_SCALE))
+    if feed == "all":
+        own = np.cumsum(rng.normal(0.0, 1.0, (len(t), n_coins)) * idio * np.sqrt(dt[:, None] / SECONDS_PER_YEAR)
+                        + _jumps(rng, jump_rate * dt[:, None], jump_scale), axis=0)
+        log_coin = beta * factor[:, None] + own                                  # (tick, coin)
+        premium = _premium_all(rng, len(t), n_sym, interval_ms / 1000.0)         # (tick, symbol)
+        log_px = log_coin[:, coin] + premium
+        rows_t = np.repeat(np.arange(len(t)), n_sym)
+        px = start_price[rows_sym] * np.exp(log_px.ravel())
+    else:
+        c = coin[rows_sym]
+        # a coin's own path needs only the times its contracts update: increments since its last update
+        order = np.argsort(c, kind="stable")
+        since = np.diff(np.r_[0.0, t[order]])
+        new_coin = np.r_[True, c[order][1:] != c[order][:-1]]
+        since[new_coin] = t[order][new_coin]
+        step = (rng.normal(0.0, 1.0, n_ticks) * idio[c[order]] * np.sqrt(since / SECONDS_PER_YEAR)
+                + _jumps(rng, jump_rate[c[order]] * since, jump_scale[c[order]]))
+        own = np.empty(n_ticks)
+        own[order] = _cumsum_by_group(step, new_coin)
+        premium = _premium_each(rng, rows_sym, t, n_sym)
+        rows_t = np.arange(n_ticks)
+        px = start_price[rows_sym] * np.exp(beta[c] * factor + own + premium)
     start = np.datetime64("2026-01-01T00:00:00", "ms")
+    ts = start + np.round(t * 1000).astype(np.int64).astype("timedelta64[ms]")
+    return pl.DataFrame({"ts": ts[rows_t],
+                         "symbol": pl.Series(np.array(names, dtype=object)[rows_sym].tolist(), dtype=pl.String),
+                         "mark_price": _round_sig(px)})
+
+
+def _jumps(rng, rate_dt, scale) -> np.ndarray:
+    """Jump sizes (log) of a Poisson process over intervals with expected counts `rate_dt`:
+    at most one jump per interval (intervals are seconds; jumps are days apart), Laplace
+    sized with mean `scale`, 60% down."""
+    rate_dt = np.asarray(rate_dt, float)
+    hit = rng.random(rate_dt.shape) < -np.expm1(-rate_dt)
+    size = rng.exponential(1.0, rate_dt.shape) * scale * np.where(rng.random(rate_dt.shape) < 0.6, -1.0, 1.0)
+    return np.where(hit, size, 0.0)
+
+
+def _premium_all(rng, n_ticks: int, n_sym: int, dt: float) -> np.ndarray:
+    """Each contract's premium over its coin at every tick: an AR(1) that forgets with
+    half-life BASIS_HALF_LIFE_S, stationary sd BASIS_SD, starting at 0 (the book's marks)."""
+    phi = 0.5 ** (dt / BASIS_HALF_LIFE_S)
+    shock = rng.normal(0.0, BASIS_SD * np.sqrt(1 - phi * phi), (n_ticks, n_sym))
+    out = np.empty_like(shock)
+    prev = np.zeros(n_sym)
     for k in range(n_ticks):
-        m = symbols_per_tick or int(rng.integers(1, min(len(names), 20) + 1))
-        chosen = rng.choice(len(names), min(m, len(names)), replace=False, p=p if m < len(names) else None)
-        step = rng.normal(0.0, 0.002, len(chosen)) + np.where(rng.random(len(chosen)) < 0.01,
-                                                              rng.normal(0.0, 0.08, len(chosen)), 0.0)
-        price[chosen] *= np.exp(step)
-        ts.append(np.full(len(chosen), start + k * interval_ms))
-        sym.append(chosen)
-        px.append(price[chosen])
-    sym = np.concatenate(sym) if sym else np.zeros(0, int)
-    return pl.DataFrame({"ts": np.concatenate(ts) if ts else np.zeros(0, "datetime64[ms]"),
-                         "symbol": pl.Series(np.array(names, dtype=object)[sym].tolist(), dtype=pl.String),
-                         "mark_price": np.concatenate(px) if px else np.zeros(0)})
+        prev = out[k] = phi * prev + shock[k]
+    return out
+
+
+def _premium_each(rng, rows_sym: np.ndarray, t: np.ndarray, n_sym: int) -> np.ndarray:
+    """The same premium for a per-symbol feed: each contract's AR(1) stepped over the time
+    since its own last update."""
+    shock = rng.normal(0.0, BASIS_SD, len(t)).tolist()
+    last_t, prev = [0.0] * n_sym, [0.0] * n_sym
+    out = []
+    for s, now, e in zip(rows_sym.tolist(), t.tolist(), shock):
+        phi = 0.5 ** ((now - last_t[s]) / BASIS_HALF_LIFE_S)
+        prev[s] = phi * prev[s] + math.sqrt(1 - phi * phi) * e
+        last_t[s] = now
+        out.append(prev[s])
+    return np.array(out)
+
+
+def _cumsum_by_group(x: np.ndarray, new_group: np.ndarray) -> np.ndarray:
+    """Running sums of x restarting where `new_group` is True (rows grouped)."""
+    total = np.cumsum(x)
+    base = np.where(new_group, total - x, np.nan)
+    return total - _ffill(base)
+
+
+def _ffill(x: np.ndarray) -> np.ndarray:
+    idx = np.where(np.isnan(x), 0, np.arange(len(x)))
+    return x[np.maximum.accumulate(idx)]

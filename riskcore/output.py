@@ -250,3 +250,85 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
+
+
+# -- single files (`riskcore report`: a page and its table beside it) ----------------------
+def written_by(path: Path, marker: str) -> bool:
+    """Whether riskcore wrote this file: a Parquet file's `generator` metadata, or the marker
+    within the first 4 KiB of any other file (the page's <meta name="generator">)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+            meta = pq.read_schema(path).metadata or {}
+            return meta.get(b"generator", b"").decode(errors="replace") == marker
+        with open(path, "rb") as f:
+            return marker.encode() in f.read(4096)
+    except (OSError, ValueError, ImportError):
+        return False
+    except Exception:  # pyarrow's errors on a file that is not Parquet
+        return False
+
+
+def check_files(targets, *, command: str, inputs=(), force: bool = False, marker: str) -> list[Path]:
+    """Refuse now (OutputError) what write_files would refuse: a target that is an input or
+    lies inside one, a folder, a symbolic link, or an existing file riskcore did not write
+    (`force` replaces such a file, never an input)."""
+    paths = [Path(os.path.abspath(t)) for t in targets]
+    given = [Path(p) for p in inputs if p is not None]
+    for out in paths:
+        if out.is_symlink():
+            raise OutputError(out, "is a symbolic link; give the file itself")
+        if out.is_dir():
+            raise OutputError(out, "is a folder; the output is a file")
+        real = Path(os.path.realpath(out))
+        for src in given:
+            src_real = Path(os.path.realpath(src))
+            if src_real == real:
+                raise OutputError(out, f"is the input {src}; riskcore never writes over its input")
+            if src_real in real.parents:
+                raise OutputError(out, f"lies inside the input {src}; riskcore never writes into its input")
+        if out.exists() and not force and not written_by(out, marker):
+            raise OutputError(out, f"exists and riskcore did not write it; name a new file (or --force to "
+                                   f"replace it)")
+    return paths
+
+
+def write_files(contents: dict, *, command: str, inputs=(), force: bool = False, marker: str) -> None:
+    """Write each file whole: into a private file beside it, flushed to disk, then renamed
+    over it in one step (a reader sees the old file or the new one). A leftover of a killed
+    run (`.NAME.riskcore-PID-…`, its process gone) is removed."""
+    paths = check_files(list(contents), command=command, inputs=inputs, force=force, marker=marker)
+    for out, data in zip(paths, contents.values()):
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _clean_dead_files(out)
+            tmp = out.with_name(f".{out.name}{_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(out.parent)
+
+
+def _clean_dead_files(out: Path) -> None:
+    prefix = f".{out.name}{_TAG}"
+    for name in os.listdir(out.parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            (out.parent / name).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

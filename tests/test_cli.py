@@ -207,3 +207,40 @@ def test_no_compilation_announced_once_a_command_has_run(book_dir, tmp_path, cap
     capsys.readouterr()
     cli._cold_cache_notice("replay")
     assert capsys.readouterr().err == ""
+
+
+def test_version_and_every_option_described_with_its_default(capsys):
+    import argparse
+    from importlib.metadata import version
+
+    from riskcore.cli import build_parser
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"riskcore {version('riskcore')}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"gen", "scan", "apply", "replay", "settle", "report", "bench", "demo"} <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = action.help or ""
+            assert text, f"{name} {action.dest}: no help"
+            if action.option_strings:  # an option says its default, or that it is required
+                assert "default" in text or "required" in text, f"riskcore {name} {action.option_strings[0]}: {text}"
+        sub.format_help()  # every help renders (a stray % would raise)
+
+
+def test_demo_writes_its_folder_and_says_where(tmp_path, capsys):
+    out = tmp_path / "demo_out"
+    assert main(["demo", "--positions", "2000", "--accounts", "200", "--symbols", "20", "--ticks", "30",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "inf means equity is zero or below" in said.out and f"wrote {out}/" in said.out
+    assert said.err in ("", ) or "compiling kernels" in said.err   # no progress bar off a terminal
+    for name in ("report.html", "report.scenarios.parquet", "ticks.parquet", "positions.parquet",
+                 "accounts.parquet", "events.parquet", "book/positions.parquet"):
+        assert (out / name).exists(), name
+    import polars as pl
+    assert pl.read_parquet(out / "ticks.parquet").height == 30 * 20
+    assert main(["scan", str(out / "book")]) == 0   # the book it wrote is a book
