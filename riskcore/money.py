@@ -278,7 +278,7 @@ def _pow10(k):
 
 
 @njit(**JIT_EXACT)
-def _places(x):
+def float_places(x):
     """Decimal places of the float's shortest round-trip decimal, or -1 (beyond 18 places or
     not finite): the first k at which an integer m with |m| < 2^53 gives m / 10^k == x."""
     if not np.isfinite(x):
@@ -346,7 +346,7 @@ def _floor_certified(units_f, bound):
 
 
 @njit(**JIT_EXACT)
-def _amount(funding, q, E, f, inverse, P, r, scale, dq, fixed_places, numer_places, dP):
+def row_amount(funding, q, E, f, inverse, P, r, scale, dq, fixed_places, numer_places, dP):
     """(units, ok) of one row's amount (exact_amounts); not ok: no fast path certifies it."""
     if q == 0 or (r == 0 if funding else P == E):
         return 0, True
@@ -361,7 +361,7 @@ def _amount(funding, q, E, f, inverse, P, r, scale, dq, fixed_places, numer_plac
     else:
         value = q * f * (P - E) / (E * P) if inverse else q * f * (P - E)
         gross = abs(q) * f * ((P + E) / (E * P) if inverse else P + E)
-        dE = _places(E)
+        dE = float_places(E)
         units, ok = 0, False
         if not inverse:
             units, ok = _floor_grid(value, gross, _plus(_plus(dq, fixed_places), -1 if dE < 0 or dP < 0 else max(dP, dE)),
@@ -381,7 +381,7 @@ def amounts_kernel(funding, qty, entry, symbol, face, inverse, price, rate, scal
     needs_exact = np.zeros(len(qty), np.bool_)
     for i in range(len(qty)):
         s = symbol[i]
-        u, ok = _amount(funding, qty[i], entry[i], face[s], inverse[s], price[s], rate[s], scale[s], qty_places[i],
+        u, ok = row_amount(funding, qty[i], entry[i], face[s], inverse[s], price[s], rate[s], scale[s], qty_places[i],
                         fixed_places[s], numer_places[s], price_places[s])
         if ok:
             units[i] = u
@@ -396,7 +396,7 @@ def decimal_places(x):
     as), or -1 beyond 18 places or non-finite. The float means exactly that decimal."""
     out = np.empty(len(x), np.int64)
     for i in range(len(x)):
-        out[i] = _places(x[i])
+        out[i] = float_places(x[i])
     return out
 
 
@@ -516,32 +516,50 @@ def fee_units(qty, entry, face, inverse, price, rate, scale) -> np.ndarray:
                           scale)
 
 
-def ceil_share(units: int, part: float, whole: float) -> int:
+@njit(**JIT_EXACT)
+def ceil_share(units, part, whole):
     """units · part / whole rounded up (a share of an integer amount, e.g. the fund's cover of
     an unmatched quantity)."""
-    return int(np.ceil(units * part / whole))
+    return np.int64(np.ceil(units * part / whole))
+
+
+@njit(**JIT_EXACT)
+def spread_float(total, weights):
+    """spread_units of a total below 2^52 in magnitude, in floats: each share floor(total ·
+    weight / Σ weights), the remainder to the largest weight (the first on ties); all of it
+    to the first row when the weights sum to 0."""
+    out = np.zeros(len(weights), np.int64)
+    whole = 0.0
+    for w in weights:
+        whole += float(w)
+    if total == 0 or whole <= 0:
+        if total != 0 and len(out):
+            out[0] = total
+        return out
+    largest, spread = 0, 0
+    for j in range(len(weights)):
+        out[j] = np.int64(np.floor(total * float(weights[j]) / whole))
+        spread += out[j]
+        if weights[j] > weights[largest]:
+            largest = j
+    out[largest] += total - spread
+    return out
 
 
 def spread_units(total: int, weights: np.ndarray) -> np.ndarray:
-    """Split an integer amount over rows in proportion to weights, exactly: each share
+    """Split an integer amount over rows in proportion to int64 weights, exactly: each share
     floored, the remainder to the largest weight (the first on ties); all of it to the first
     row when the weights sum to 0."""
-    if abs(total) >= 2**52 and len(weights) and np.sum(np.asarray(weights, dtype=np.float64)) > 0:
-        # float shares could round past the total (or int64): exact integer shares instead
-        w = [int(x) for x in np.asarray(weights, dtype=np.int64)]
-        whole = sum(w)
-        out = [total * x // whole for x in w]
-        out[int(np.argmax(w))] += total - sum(out)
-        return np.array(out, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if total == 0 or weights.sum() <= 0:
-        out = np.zeros(len(weights), np.int64)
-        if total and len(out):
-            out[0] = total
-        return out
-    out = np.floor(total * weights / weights.sum()).astype(np.int64)
-    out[np.argmax(weights)] += total - out.sum()
-    return out
+    weights = np.ascontiguousarray(weights, dtype=np.int64)
+    if abs(total) < 2**52:
+        return spread_float(int(total), weights)
+    whole = sum(int(x) for x in weights)
+    if whole <= 0:
+        return np.array([total] + [0] * (len(weights) - 1), dtype=np.int64) if len(weights) else weights[:0]
+    # float shares could round past the total (or int64): exact integer shares instead
+    out = [total * int(x) // whole for x in weights]
+    out[int(np.argmax(weights))] += total - sum(out)
+    return np.array(out, dtype=np.int64)
 
 
 def int64_parts(total: int) -> list[int]:

@@ -1,6 +1,7 @@
 """The tick engine (docs/model.md §8) against full re-scans and plain liquidation rules."""
 
 from decimal import Decimal
+from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 
 import riskcore as rc
-from riskcore.engine import Engine, TickError
+from riskcore.engine import Engine, TickError, liquidation
 from riskcore.io import book_tables
 from riskcore.scan import ScanArrays, scan_into
 
@@ -89,6 +90,52 @@ def test_liquidation_conserves_money_exactly(case):
     assert_equals_full_scan(engine)
     assert not (engine.position_figures()["liquidate"] & (engine.book.positions.qty != 0)).any()
     assert not engine.out.accounts["liquidate"].any()
+
+
+def general_planner_only():
+    """Every close made by the general planner (liquidation.plan_close, Python integers): the
+    compiled pass defers each close to it."""
+    def defer(k, closes, *args):
+        return (liquidation.DONE if k >= len(closes.wallet) else liquidation.GENERAL), k, args[-1]
+    return mock.patch.object(liquidation, "_run_closes", defer)
+
+
+def assert_same_engines(a, b):
+    """Two engines that made the same closes: events, book, fund and orders identical."""
+    assert a.events().equals(b.events())
+    for name in ("qty", "isolated_margin"):
+        np.testing.assert_array_equal(getattr(a.book.positions, name), getattr(b.book.positions, name))
+    np.testing.assert_array_equal(a.book.wallets.balance, b.book.wallets.balance)
+    np.testing.assert_array_equal(a.fund, b.fund)
+    np.testing.assert_array_equal(a.order_cancelled, b.order_cancelled)
+
+
+@given(tick_paths())
+def test_compiled_closes_equal_the_general_planner(case):
+    """The compiled round makes exactly the closes the general planner makes (fees, fund,
+    bankruptcy prices, ADL in queue order, shortfalls): same events, book and fund."""
+    tables, path, fund = case
+    _, compiled = run(tables, path, fund, liquidate=True)
+    with general_planner_only():
+        _, general = run(tables, path, fund, liquidate=True)
+    assert_same_engines(compiled, general)
+
+
+@pytest.mark.parametrize("seed,factor", [(2, 0.8), (3, 1.25), (5, 0.6)])
+def test_a_crash_with_an_empty_fund_closes_as_the_general_planner_does(seed, factor):
+    """Thousands of closes and ADL counterparties in one round: the log grows past its first
+    capacity and ADL credits land on the unit grid (exact amounts asked of money.py)."""
+    from riskcore.gen import generate
+    book = rc.Book.from_tables(**generate(300, 3000, 10, seed=seed))
+    engines = []
+    for patch in (mock.MagicMock(), general_planner_only()):
+        with patch:
+            e = Engine(book, liquidate=True)
+            e.on_symbol_marks(np.arange(len(book.instruments)), e.mark * factor, 1)
+        engines.append(e)
+    assert_same_engines(*engines)
+    kinds = engines[0].events()["kind"].cast(pl.String).value_counts()
+    assert dict(kinds.rows())["adl_close"] > 100 and len(engines[0].events()) > 1024
 
 
 def one_position(qty=0.1, margin_mode="isolated", isolated_margin=100.0, balance=300.0, fee=0.0, liq_fee=0.0,

@@ -87,12 +87,12 @@ def test_close_plans_conserve_money_to_the_unit_and_change_nothing(seed, fund, f
     before = deepcopy((book.wallets.balance, book.positions.isolated_margin, book.positions.qty,
                        book.wallets.order_margin, e.fund, len(book.orders)))
     closes = liquidation.closes_due(book, e.out, np.arange(len(book.wallets)))
-    assert closes
-    amounts = liquidation.CloseAmounts(book, e.mark)
-    amounts.prepare(np.concatenate([r for r, _, _ in closes]))
+    assert len(closes.wallet)
+    queues = liquidation.AdlQueues(book, e.mark, e.state)
     kinds = set()
-    for rows, w, isolated in closes:
-        moves = liquidation.plan_close(book, e.mark, e.fund, rows, w, isolated, amounts, e.state)
+    for k, (w, isolated) in enumerate(zip(closes.wallet, closes.isolated)):
+        rows = closes.rows[closes.start[k]:closes.start[k + 1]]
+        moves = liquidation.plan_close(book, e.mark, e.fund, rows, int(w), bool(isolated), queues, e.state)
         assert moves.money_moved() == moves.realized()  # model §8.6, per close, exact
         assert all(e[0] in CLOSE_KINDS for e in moves.events)
         assert moves.balance[1].dtype == np.int64 and moves.isolated_margin[1].dtype == np.int64
@@ -169,10 +169,11 @@ def test_overflowing_plan_is_refused_before_anything_moves():
             money(Decimal(100)).alias("isolated_margin")),
         marks=pl.DataFrame({"symbol": ["AUSDT"], "mark_price": [49490.0]}))
     e = Engine(book)
-    (rows, w, isolated), = liquidation.closes_due(e.book, e.out, np.arange(len(e.book.wallets)))
-    amounts = liquidation.CloseAmounts(e.book, e.mark)
+    closes = liquidation.closes_due(e.book, e.out, np.arange(len(e.book.wallets)))
+    assert closes.start.tolist() == [0, 1] and closes.isolated.tolist() == [True]
+    queues = liquidation.AdlQueues(e.book, e.mark, e.state)
     with pytest.raises(rc.BookError, match="engine: column 'balance'"):
-        liquidation.plan_close(e.book, e.mark, e.fund, rows, w, isolated, amounts, e.state)
+        liquidation.plan_close(e.book, e.mark, e.fund, closes.rows, int(closes.wallet[0]), True, queues, e.state)
     assert e.book.positions.qty.tolist() == [0.1] and e.book.positions.isolated_margin.tolist() == [100 * 10**8]
     assert e.book.wallets.balance.tolist() == [INT64_MAX]
 

@@ -4,8 +4,9 @@
 - ticks.py: `TickError`, one tick's checks, `load_ticks` (a whole tick table);
 - state.py: `TickState`, the incremental figures (symbol-major mirror, per-wallet running sums);
 - events.py: `EventLog`, the event log as growable columns, and the events table;
-- liquidation.py: forced close, fee, insurance fund, bankruptcy price, ADL as plans of money
-  moves (`plan_close` → `CloseMoves`) that change nothing until the engine applies them;
+- liquidation.py: forced close, fee, insurance fund, bankruptcy price and ADL, a round of
+  closes at a time (`run_round`: a compiled pass, with a general planner in Python integers
+  for the closes it cannot certify);
 - durable.py: snapshots (`Engine.snapshot` / `Engine.restore`), the events journal and the
   state folder of a resumable replay.
 """

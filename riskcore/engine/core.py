@@ -5,8 +5,8 @@ cannot).
 
 `Engine` orchestrates: a tick is checked (ticks.py), applied to the incremental state
 (state.py), reported (events.py), and, with liquidation on, closes are planned round after
-round (liquidation.py) and applied here through the book's API (Book.apply_moves,
-Book.cancel_orders) and `_change_quantities`.
+round (liquidation.run_round makes a round's closes; the engine cancels their orders through
+Book.cancel_orders and re-checks the wallets they touched).
 """
 
 from copy import deepcopy
@@ -19,10 +19,10 @@ from ..book import Book
 from ..io import as_book, as_table
 from ..errors import BookError, MoneyOverflowError
 from ..kernels import margin_balance, risk_ratio
-from ..money import INT64_MAX, INT64_MIN, to_units, units_to_decimal
+from ..money import to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
 from . import durable, liquidation
-from .events import ACCOUNT_LIQUIDATABLE, POSITION_LIQUIDATABLE, EventLog
+from .events import ACCOUNT_LIQUIDATABLE, ADL_CLOSE, LIQUIDATION_CLOSE, POSITION_LIQUIDATABLE, EventLog
 from .state import TickState
 from .ticks import check_tick, symbol_ids
 
@@ -51,6 +51,8 @@ class Engine:
         insurance_fund, fund_name = as_table(insurance_fund, fund_name)
         self.book = deepcopy(book) if liquidate and _resume is None else book  # a restored book is its own
         book = self.book
+        if liquidate and not book.positions.qty.flags.writeable:  # a loaded book's qty may be a view of its file
+            book.positions.qty = book.positions.qty.copy()
         mark = book.mark if marks is None else book.read_marks(marks, marks_name)[0]
         book.check_marks(mark, None if marks is None else "marks")
         self.mark = mark.copy()
@@ -168,28 +170,19 @@ class Engine:
         book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
         failed = []
-        amounts = liquidation.CloseAmounts(book, self.mark)
         for _ in range(max_rounds):
             closes = liquidation.closes_due(book, self.out, wallets)
-            if closes:  # every close's exact amounts in one vectorised call
-                amounts.prepare(np.concatenate([r for r, _, _ in closes]))
-            touched: set[int] = set()
-            cancel = []
-            for rows, w, isolated in closes:
-                try:
-                    moves = liquidation.plan_close(book, self.mark, self.fund, rows, w, isolated, amounts, self.state)
-                except MoneyOverflowError as e:  # nothing of this close is made
-                    failed.append(e)
-                    continue
-                self._apply(moves)
-                cancel.append(moves.cancel)
-                touched |= moves.touched
-            if cancel:  # the round's cancellations in one call (order indices stay valid until then)
-                self._cancel_orders(np.concatenate(cancel))
-            if not touched:
+            first = len(self._events)
+            failed += liquidation.run_round(book, self.mark, self.fund, closes, self.state, self._events, self.ts)
+            kind, row = self._events.column("kind", first), self._events.column("row", first)
+            closed = kind == LIQUIDATION_CLOSE
+            # the round's cancellations in one call (order indices stay valid until then)
+            self._cancel_orders(liquidation.orders_to_cancel(book, self._events.column("wallet", first)[closed],
+                                                             row[closed]))
+            touched = np.unique(row[closed | (kind == ADL_CLOSE)])
+            if not len(touched):
                 break
-            rows = np.array(sorted(touched), dtype=np.int64)
-            wallets = np.unique(pos.wallet[rows]).astype(np.int64)
+            wallets = np.unique(pos.wallet[touched]).astype(np.int64)
             all_rows = self.state.wallet_rows(wallets)
             iso = all_rows[pos.isolated[all_rows]]
             old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
@@ -198,23 +191,6 @@ class Engine:
             self._report_positions(iso, old_iso)
         if failed:
             raise failed[0]
-
-    def _apply(self, moves: liquidation.CloseMoves) -> None:
-        """Make a planned close: money through Book.apply_moves (exact, all or nothing; the plan
-        has checked it already), the fund, the quantities, the events."""
-        self.book.apply_moves(balance=moves.balance, isolated_margin=moves.isolated_margin)
-        for asset, delta in moves.fund.items():
-            total = int(self.fund[asset]) + delta
-            assert INT64_MIN <= total <= INT64_MAX  # checked by plan_close
-            self.fund[asset] = total
-        self._change_quantities(*moves.qty)
-        for kind, wallet, i, qty, price, realized, fund in moves.events:
-            self._events.append(self.ts, kind, wallet, i, qty=qty, price=price, realized=realized, fund=fund)
-
-    def _change_quantities(self, rows: np.ndarray, change: np.ndarray) -> None:
-        """The one place the engine writes position quantities: qty[rows] += change, in order
-        (a closed position's change is −qty, leaving exactly 0)."""
-        np.add.at(self.book.positions.qty, rows, change)
 
     def _cancel_orders(self, rows: np.ndarray) -> None:
         """Cancel resting orders (indices into the book's current orders) through the book."""

@@ -49,7 +49,7 @@ class EventLog:
         """Values start..len(self) of a column (a view: do not keep it across appends)."""
         return self._cols[name][start:self._n]
 
-    def _reserve(self, extra: int) -> int:
+    def reserve(self, extra: int) -> int:
         """Room for `extra` more events (capacity doubled until it fits); returns the first free index."""
         need = self._n + extra
         if need > self.capacity:
@@ -65,7 +65,7 @@ class EventLog:
     def append(self, ts, kind: int, wallet, row=-1, qty=np.nan, price=np.nan, realized=0, fund=0,
                equity=np.nan, mm=np.nan, risk_ratio=np.nan) -> None:
         """One event."""
-        k = self._reserve(1)
+        k = self.reserve(1)
         c = self._cols
         c["ts"][k], c["kind"][k], c["wallet"][k], c["row"][k] = ts, kind, wallet, row
         c["qty"][k], c["price"][k], c["realized"][k], c["fund"][k] = qty, price, realized, fund
@@ -78,7 +78,7 @@ class EventLog:
         n = len(wallet)
         if not n:
             return
-        k = self._reserve(n)
+        k = self.reserve(n)
         c = self._cols
         c["ts"][k:k + n] = [ts] * n
         c["kind"][k:k + n] = kind
@@ -87,6 +87,17 @@ class EventLog:
             if name not in ("ts", "kind", "wallet"):
                 c[name][k:k + n] = columns.get(name, fill)
         self._n = k + n
+
+    def kernel_columns(self) -> tuple:
+        """The columns a compiled writer fills in place from len(self) (liquidation's round):
+        kind, wallet, row, qty, price, realized, fund; it then calls extend_to."""
+        c = self._cols
+        return tuple(c[name] for name in ("kind", "wallet", "row", "qty", "price", "realized", "fund"))
+
+    def extend_to(self, n: int, ts) -> None:
+        """Take events len(self)..n, written into kernel_columns, at time ts."""
+        self._cols["ts"][self._n:n] = [ts] * (n - self._n)
+        self._n = n
 
     def frame(self, book: Book, since_seq: int | None = None) -> pl.DataFrame:
         """The events table (columns: model §8.2), money as exact decimals of the wallet's
