@@ -271,6 +271,15 @@ def risk_ratio(is_open, cushion, mm, fee):
 
 
 @njit(**JIT)
+def risk_ratios(cushion, mm, fee):
+    """risk_ratio of open positions, per row."""
+    out = np.empty(len(cushion))
+    for j in range(len(cushion)):
+        out[j] = risk_ratio(True, cushion[j], mm[j], fee[j])
+    return out
+
+
+@njit(**JIT)
 def free_margin(equity, cross_im, order_margin):
     """equity − cross_im − order_margin: available_balance before its floor at 0."""
     return equity - cross_im - order_margin

@@ -462,7 +462,7 @@ def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symb
     too_big = []
     for i in np.flatnonzero(needs_exact):
         s = symbol[i]
-        exact_units = _exact_amount(kind, qty[i], face[s], price[s], entry[i], rate[s] if funding else 0.0,
+        exact_units = decimal_amount(kind, qty[i], face[s], price[s], entry[i], rate[s] if funding else 0.0,
                                     bool(inverse[s]), int(scale[s]))
         if exact_units is None:
             too_big.append(i)
@@ -474,7 +474,7 @@ def exact_amounts(kind: str, qty, entry, face, inverse, price, rate, scale, symb
     return units
 
 
-def _exact_amount(kind, q, f, P, E, r, inverse, scale) -> int:
+def decimal_amount(kind, q, f, P, E, r, inverse, scale) -> int:
     """The rare row no vectorised path certifies: exact rational arithmetic."""
     import math
     if inverse:

@@ -18,7 +18,7 @@ import polars as pl
 from ..book import Book
 from ..io import as_book, as_table
 from ..errors import BookError, MoneyOverflowError
-from ..kernels import margin_balance, risk_ratio
+from ..kernels import margin_balance, risk_ratios
 from ..money import to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
 from . import durable, liquidation
@@ -156,7 +156,7 @@ class Engine:
         pos = self.book.positions
         f = self.state.row_figures(rows)
         balance = margin_balance(pos.isolated_margin[rows], self.book.symbol_unit[pos.symbol[rows]], f["upnl"])
-        risk = np.array([risk_ratio(True, b, m, fee) for b, m, fee in zip(balance, f["mm"], f["fee"])])
+        risk = risk_ratios(balance, f["mm"], f["fee"])
         self._events.append_block(self.ts, POSITION_LIQUIDATABLE, pos.wallet[rows], row=rows, qty=pos.qty[rows],
                                   price=self.mark[pos.symbol[rows]], equity=balance, mm=f["mm"], risk_ratio=risk)
 
@@ -179,10 +179,10 @@ class Engine:
             # the round's cancellations in one call (order indices stay valid until then)
             self._cancel_orders(liquidation.orders_to_cancel(book, self._events.column("wallet", first)[closed],
                                                              row[closed]))
-            touched = np.unique(row[closed | (kind == ADL_CLOSE)])
+            touched = row[closed | (kind == ADL_CLOSE)]
             if not len(touched):
                 break
-            wallets = np.unique(pos.wallet[touched]).astype(np.int64)
+            wallets = _distinct(pos.wallet[touched], len(book.wallets))
             all_rows = self.state.wallet_rows(wallets)
             iso = all_rows[pos.isolated[all_rows]]
             old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
@@ -248,3 +248,10 @@ class Engine:
     def insurance_fund(self) -> pl.DataFrame:
         return pl.DataFrame({"asset": self.book.assets, "balance": pl.from_arrow(
             units_to_decimal(self.fund, self.book.output_scale, self.book.asset_scale))})
+
+
+def _distinct(ids: np.ndarray, n: int) -> np.ndarray:
+    """The distinct values of ids in [0, n), sorted, as int64 (a mask: no sort or hash)."""
+    seen = np.zeros(n, dtype=bool)
+    seen[ids] = True
+    return np.flatnonzero(seen)

@@ -56,8 +56,8 @@ class EventLog:
             capacity = self.capacity
             while capacity < need:
                 capacity *= 2
-            for name, (dtype, fill) in COLUMNS.items():
-                grown = np.full(capacity, fill, dtype=dtype)
+            for name, (dtype, _) in COLUMNS.items():  # every writer writes every column of its events
+                grown = np.empty(capacity, dtype=dtype)
                 grown[:self._n] = self._cols[name][:self._n]
                 self._cols[name] = grown
         return self._n
@@ -90,9 +90,10 @@ class EventLog:
 
     def kernel_columns(self) -> tuple:
         """The columns a compiled writer fills in place from len(self) (liquidation's round):
-        kind, wallet, row, qty, price, realized, fund; it then calls extend_to."""
+        all but ts; it then calls extend_to."""
         c = self._cols
-        return tuple(c[name] for name in ("kind", "wallet", "row", "qty", "price", "realized", "fund"))
+        return tuple(c[name] for name in ("kind", "wallet", "row", "qty", "price", "realized", "fund", "equity", "mm",
+                                          "risk_ratio"))
 
     def extend_to(self, n: int, ts) -> None:
         """Take events len(self)..n, written into kernel_columns, at time ts."""

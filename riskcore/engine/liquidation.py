@@ -24,34 +24,32 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import njit, objmode
 
 from ..book import Book
 from ..config import JIT_EXACT
 from ..errors import MoneyOverflowError
 from ..kernels import NOTIONAL, position_value
 from ..kernels import position_values as kernel_values
-from ..money import (INT64_MAX, INT64_MIN, add_places, ceil_share, decimal_places, fee_units, float_places,
-                     int64_parts, realized_units, row_amount, spread_float, spread_units)
+from ..money import (INT64_MAX, INT64_MIN, add_places, ceil_share, decimal_amount, decimal_places, fee_units,
+                     float_places, int64_parts, realized_units, row_amount, spread_float, spread_units)
 from .events import ADL_CLOSE, FUND_SHORTFALL, LIQUIDATION_CLOSE
 from .state import ranges
 
 # what _run_closes stopped on
-DONE, GENERAL, GROW, EXACT = 0, 1, 2, 3
-REALIZE, FEE = 0, 1  # the amounts it may ask for (_Exact)
+DONE, GENERAL, GROW = 0, 1, 2
+REALIZE, FEE = 0, 1  # the amounts of a close (_amount)
 # every integer of a close the compiled pass makes stays below this (far inside int64)
 _CERTIFIED = 2.0**61
 _SPREAD_FLOAT = 2**52  # spread_float's totals (money.spread_units)
+_WITH_GIL = dict(JIT_EXACT, nogil=False)  # the Decimal path runs in object mode, which needs the GIL
 
 Closes = namedtuple("Closes", "start rows wallet isolated")  # close k: rows[start[k]:start[k + 1]] of wallet[k]
 _Book = namedtuple("_Book", "qty entry_price entry_unit symbol wallet isolated isolated_margin balance fund")
 _Symbols = namedtuple("_Symbols", "face inverse settle_asset liq_fee_rate scale unit mark face_mark direction "
-                                  "face_places fee_places fee_numer_places")
+                                  "face_places mark_places fee_places fee_numer_places")
 _Queues = namedtuple("_Queues", "queue lo hi head built sym_rows row_start equity cross_notional")
-_Log = namedtuple("_Log", "kind wallet row qty price realized fund")
-# amounts computed exactly in Python for _run_closes: entry j < n[0] is (kind, row, qty, price) → units;
-# entry n[0] is the one it asks for next
-_Exact = namedtuple("_Exact", "kind row qty price units n")
+_Log = namedtuple("_Log", "kind wallet row qty price realized fund equity mm risk_ratio")
 
 
 def closes_due(book: Book, out, wallets: np.ndarray) -> Closes:
@@ -153,38 +151,25 @@ def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, st
     fund and the log change as each close is made. Returns the MoneyOverflowErrors of the
     closes not made (the others are)."""
     pos, inst = book.positions, book.instruments
-    realized, fee = close_amounts(book, mark, closes.rows)  # at the quantities of the round's start
-    pre_qty = pos.qty[closes.rows]
     queues = AdlQueues(book, mark, state)
     face_places, mark_places = decimal_places(inst.face_value), decimal_places(mark)
     rate_places = decimal_places(inst.liquidation_fee_rate)
     symbols = _Symbols(inst.face_value, inst.inverse, inst.settle_asset, inst.liquidation_fee_rate,
                        book.asset_scale[inst.settle_asset].astype(np.int64), book.symbol_unit, mark, queues.face_mark,
-                       queues.direction, face_places, add_places(face_places, mark_places, rate_places),
+                       queues.direction, face_places, mark_places, add_places(face_places, mark_places, rate_places),
                        add_places(face_places, rate_places))
     money = _Book(pos.qty, pos.entry_price, pos.entry_unit, pos.symbol, pos.wallet, pos.isolated, pos.isolated_margin,
                   book.wallets.balance, fund)
-    exact = _Exact(np.zeros(64, np.int64), np.zeros(64, np.int64), np.zeros(64), np.zeros(64), np.zeros(64, np.int64),
-                   np.zeros(1, np.int64))
     failed, k = [], 0
     while True:
         start = len(log)
-        status, k, end = _run_closes(k, closes, pre_qty, realized, fee, money, symbols, queues.arrays, exact,
-                                     _Log(*log.kernel_columns()), start)
+        status, k, end = _run_closes(k, closes, money, symbols, queues.arrays, _Log(*log.kernel_columns()), start)
         log.extend_to(end, ts)
         if status == DONE:
             return failed
         if status == GROW:
             log.reserve(max(len(log), 1024))
             continue
-        if status == EXACT:
-            try:
-                exact = _answer(book, exact)
-                continue
-            except MoneyOverflowError as e:  # beyond 64-bit money: close k is not made
-                failed.append(e)
-                k += 1
-                continue
         rows = closes.rows[closes.start[k]:closes.start[k + 1]]
         try:
             apply_close(book, fund, log, ts, plan_close(book, mark, fund, rows, int(closes.wallet[k]),
@@ -194,54 +179,39 @@ def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, st
         k += 1
 
 
-def _answer(book: Book, exact: _Exact) -> _Exact:
-    """The table with the amount _run_closes asked for computed exactly (money.py's Decimal
-    path: the float fast paths could not decide it), room made as needed."""
-    n = int(exact.n[0])
-    if n == len(exact.kind):  # no room for the request: made, and the pass asks again
-        return _Exact(*(np.r_[a, np.zeros_like(a)] for a in exact[:5]), exact.n)
-    pos, inst = book.positions, book.instruments
-    kind, i, qty, price = int(exact.kind[n]), int(exact.row[n]), exact.qty[n:n + 1], exact.price[n:n + 1]
-    s = pos.symbol[i:i + 1]
-    args = (pos.entry_price[i:i + 1], inst.face_value[s], inst.inverse[s], price)
-    scale = book.asset_scale[inst.settle_asset[s]]
-    exact.units[n] = (realized_units(qty, *args, scale) if kind == REALIZE
-                      else fee_units(qty, *args, inst.liquidation_fee_rate[s], scale))[0]
-    exact.n[0] = n + 1
-    return exact
-
-
-@njit(**JIT_EXACT)
-def _amount(kind, i, qty, price, b, sy, exact):
-    """(units, ok) of closing `qty` of row i at `price`: the realized PnL floored (REALIZE) or
-    the liquidation fee rounded up (FEE), by money.row_amount's certified fast paths, else
-    from the exact table; not ok: asked for (exact's pending request)."""
+@njit(**_WITH_GIL)
+def _amount(kind, i, qty, price, price_places, b, sy):
+    """(units, ok) of closing `qty` of row i at `price` (of `price_places` decimal places,
+    money.float_places): the realized PnL floored (REALIZE) or
+    the liquidation fee rounded up (FEE), by money.row_amount's certified fast paths, else by
+    its Decimal path (money.decimal_amount, in object mode); not ok: beyond 64-bit money."""
     s = b.symbol[i]
     if kind == REALIZE:
         units, ok = row_amount(False, qty, b.entry_price[i], sy.face[s], sy.inverse[s], price, 0.0, sy.scale[s],
-                               float_places(qty), sy.face_places[s], -1, float_places(price))
+                               float_places(qty), sy.face_places[s], -1, price_places)
     else:
         units, ok = row_amount(True, abs(qty), b.entry_price[i], sy.face[s], sy.inverse[s], price, sy.liq_fee_rate[s],
                                sy.scale[s], float_places(qty), sy.fee_places[s], sy.fee_numer_places[s],
-                               float_places(price))
-        units = -units
-    if ok:
-        return units, True
-    n = exact.n[0]
-    for j in range(n):
-        if exact.kind[j] == kind and exact.row[j] == i and exact.qty[j] == qty and exact.price[j] == price:
-            return exact.units[j], True
-    if n < len(exact.kind):  # else _answer makes room first
-        exact.kind[n], exact.row[n], exact.qty[n], exact.price[n] = kind, i, qty, price
-    return 0, False
+                               price_places)
+    if not ok:
+        entry, face, inverse, rate, scale = b.entry_price[i], sy.face[s], sy.inverse[s], sy.liq_fee_rate[s], sy.scale[s]
+        with objmode(units="int64", ok="boolean"):
+            units, ok = _decimal_units(kind, qty, entry, face, inverse, price, rate, scale)
+    return (units if kind == REALIZE else -units), ok
 
 
-@njit(**JIT_EXACT)
-def _run_closes(k, closes, pre_qty, pre_realized, pre_fee, b, sy, q, exact, log, n_log):
+def _decimal_units(kind, qty, entry, face, inverse, price, rate, scale) -> tuple[int, bool]:
+    units = (decimal_amount("realize", qty, face, price, entry, 0.0, bool(inverse), int(scale)) if kind == REALIZE
+             else decimal_amount("funding", abs(qty), face, price, entry, rate, bool(inverse), int(scale)))
+    return (0, False) if units is None else (units, True)
+
+
+@njit(**_WITH_GIL)
+def _run_closes(k, closes, b, sy, q, log, n_log):
     """Closes k, k+1, ... of a round, each planned whole, certified, then applied to the
     book's columns and appended to the log columns from n_log. Returns (DONE, _, n_log), or,
     nothing of close k made: (GENERAL, k, n_log): close k is the general planner's; (GROW, k,
-    n_log): the log needs room; (EXACT, k, n_log): an amount is asked for (_amount)."""
+    n_log): the log needs room."""
     n_closes = len(closes.wallet)
     match_row = np.empty(16, np.int64)   # ADL matches of the close being planned
     match_qty = np.empty(16)
@@ -271,15 +241,10 @@ def _run_closes(k, closes, pre_qty, pre_realized, pre_fee, b, sy, q, exact, log,
             notional, upnl = position_value(qty, b.entry_unit[i], sy.face_mark[s], sy.direction[s])
             if not (abs(upnl / sy.unit[s]) < 2.0**62 and abs(notional / sy.unit[s]) < 2.0**62):
                 return GENERAL, k, n_log
-            if qty == pre_qty[j]:
-                r, f = pre_realized[j], pre_fee[j]
-            else:  # an ADL earlier in this round cut it
-                r, ok = _amount(REALIZE, i, qty, sy.mark[s], b, sy, exact)
-                if not ok:
-                    return EXACT, k, n_log
-                f, ok = _amount(FEE, i, qty, sy.mark[s], b, sy, exact)
-                if not ok:
-                    return EXACT, k, n_log
+            r, ok = _amount(REALIZE, i, qty, sy.mark[s], sy.mark_places[s], b, sy)
+            f, ok_fee = _amount(FEE, i, qty, sy.mark[s], sy.mark_places[s], b, sy)
+            if not (ok and ok_fee):
+                return GENERAL, k, n_log
             rows[t], realized[t], fee[t] = i, r, f
             weight[t] = max(np.int64(np.rint(notional / sy.unit[s])), 1)
             total += abs(float(r)) + abs(float(f))
@@ -335,6 +300,7 @@ def _run_closes(k, closes, pre_qty, pre_realized, pre_fee, b, sy, q, exact, log,
                                         float(realized[t] + share[t]) * unit)
             if not np.isfinite(price[t]):
                 return GENERAL, k, n_log
+            price_places = float_places(price[t])
             side = 0 if b.qty[i] > 0 else 1
             if not q.built[s]:
                 _build_queue(s, q, b.qty, b.entry_unit, b.isolated, b.isolated_margin, b.wallet, sy.face_mark,
@@ -358,9 +324,9 @@ def _run_closes(k, closes, pre_qty, pre_realized, pre_fee, b, sy, q, exact, log,
                     estimate = closed * sy.face[s] * (price[t] - b.entry_price[c])
                 if not abs(estimate / unit) < 0.999 * 2.0**62:
                     return GENERAL, k, n_log
-                gain, ok = _amount(REALIZE, c, closed, price[t], b, sy, exact)
+                gain, ok = _amount(REALIZE, c, closed, price[t], price_places, b, sy)
                 if not ok:
-                    return EXACT, k, n_log
+                    return GENERAL, k, n_log
                 if n_match == len(match_row):
                     match_row, match_qty = _grown(match_row), _grown(match_qty)
                     match_gain, match_of = _grown(match_gain), _grown(match_of)
@@ -409,6 +375,7 @@ def _run_closes(k, closes, pre_qty, pre_realized, pre_fee, b, sy, q, exact, log,
 def _event(log, n, kind, wallet, row, qty, price, realized, fund):
     log.kind[n], log.wallet[n], log.row[n], log.qty[n] = kind, wallet, row, qty
     log.price[n], log.realized[n], log.fund[n] = price, realized, fund
+    log.equity[n], log.mm[n], log.risk_ratio[n] = np.nan, np.nan, np.nan  # a close's are not given
 
 
 @njit(**JIT_EXACT)
@@ -423,12 +390,16 @@ def orders_to_cancel(book: Book, wallets: np.ndarray, rows: np.ndarray) -> np.nd
     `wallets`): an isolated close cancels its wallet's orders in its symbol, a cross close
     all of its wallet's (orders are sorted by wallet)."""
     pos, ords = book.positions, book.orders
-    n_sym = len(book.instruments)
+    n_sym, n_w = len(book.instruments), len(book.wallets)
     iso = pos.isolated[rows]
-    whole = np.isin(ords.wallet, wallets[~iso])
-    in_symbol = np.isin(ords.wallet.astype(np.int64) * n_sym + ords.symbol,
-                        wallets[iso].astype(np.int64) * n_sym + pos.symbol[rows[iso]])
-    return np.flatnonzero(whole | in_symbol)
+    cross_closed, iso_closed = np.zeros(n_w, bool), np.zeros(n_w, bool)
+    cross_closed[wallets[~iso]] = True
+    iso_closed[wallets[iso]] = True
+    gone = cross_closed[ords.wallet]
+    maybe = np.flatnonzero(iso_closed[ords.wallet] & ~gone)  # in a wallet with an isolated close: its symbol's?
+    gone[maybe] = np.isin(ords.wallet[maybe].astype(np.int64) * n_sym + ords.symbol[maybe],
+                          wallets[iso].astype(np.int64) * n_sym + pos.symbol[rows[iso]])
+    return np.flatnonzero(gone)
 
 
 @njit(**JIT_EXACT)
