@@ -152,6 +152,17 @@ def run(positions: int = 1_000_000, seed: int = 0, repeats: int = 9, log=print) 
     record(f"tick: 1 of {n_sym} symbols (uniform; median {int(np.median(touched)):,} rows)",
            _times(lambda: tick(1), max(repeats, 200), 10.0), float(np.mean(touched)))
     record(f"tick: all {n_sym} symbols", _times(lambda: tick(n_sym), repeats), rows)
+    # one run: the crash changes the engine's book (an empty fund, so the bankrupt go to ADL)
+    crash = Engine(book, liquidate=True)
+    first, cpu, t = crash.next_seq, time.process_time(), time.perf_counter()
+    crash.on_symbol_marks(np.arange(n_sym), crash.mark * 0.7, 1)
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    kinds = crash.events(first)["kind"].cast(str).value_counts()
+    made = dict(zip(kinds["kind"], kinds["count"]))
+    record(f"crash tick: every mark -30%, empty fund ({made.get('liquidation_close', 0):,} closes, "
+           f"{made.get('adl_close', 0):,} ADL)", [seconds], rows)
+    results[-1].update(cpu_s=cpu, closes=made.get("liquidation_close", 0), adl_closes=made.get("adl_close", 0))
+    del crash
 
     requests = generate_requests(tables, max(1, positions // 10), seed)
     record(f"margin requests: {requests.height:,}", _times(lambda: apply_requests(book, requests), 3),

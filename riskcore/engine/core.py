@@ -170,10 +170,12 @@ class Engine:
         book, a, p = self.book, self.out.accounts, self.out.positions
         pos = book.positions
         failed = []
+        queues = liquidation.AdlQueues(book, self.mark, self.state)
         for _ in range(max_rounds):
             closes = liquidation.closes_due(book, self.out, wallets)
             first = len(self._events)
-            failed += liquidation.run_round(book, self.mark, self.fund, closes, self.state, self._events, self.ts)
+            failed += liquidation.run_round(book, self.mark, self.fund, closes, queues, self.state, self._events,
+                                            self.ts)
             kind, row = self._events.column("kind", first), self._events.column("row", first)
             closed = kind == LIQUIDATION_CLOSE
             # the round's cancellations in one call (order indices stay valid until then)

@@ -14,10 +14,11 @@ close, with the same rules on the same numbers:
   bankruptcy price at infinity) and refuses, MoneyOverflowError naming the rows, a close
   whose money would leave int64: that close is then not made.
 
-The ADL queue of a symbol and side (`AdlQueues`) is ranked once per round, from the figures
-at the start of the round (BitMEX's rank: pnl% × effective leverage in profit, pnl% ÷
-effective leverage otherwise; ties in book order), and consumed from its head, so each
-counterparty costs amortised O(1); a counterparty closed in part keeps its place.
+The ADL queue of a symbol and side (`AdlQueues`) is ranked once per tick, from the figures
+at the start of its liquidation (BitMEX's rank: pnl% × effective leverage in profit, pnl% ÷
+effective leverage otherwise; ties in book order), and consumed from its head through the
+tick's rounds, so each counterparty costs amortised O(1); a counterparty closed in part
+keeps its place.
 """
 
 from collections import namedtuple
@@ -75,9 +76,11 @@ def closes_due(book: Book, out, wallets: np.ndarray) -> Closes:
 
 
 class AdlQueues:
-    """Per symbol and side, the open positions ranked for auto-deleveraging from the tick
-    state's figures at the start of a liquidation round (built when a symbol first needs
-    one; `_build_queue`). Both planners consume the same queues."""
+    """Per symbol and side, the open positions ranked for auto-deleveraging from the figures
+    at the start of a tick's liquidation (`_build_queue`), consumed by both planners through
+    that tick's rounds. A queue is built when its symbol first needs one, which gives the
+    same ranks as building it at the start: until then only the symbol's own closes have
+    changed its positions (leaving them closed), and the wallet figures are copied here."""
 
     def __init__(self, book: Book, mark: np.ndarray, state):
         n_sym = len(book.instruments)
@@ -85,7 +88,7 @@ class AdlQueues:
         self.arrays = _Queues(np.empty(len(book.positions), np.int64), np.zeros((n_sym, 2), np.int64),
                               np.zeros((n_sym, 2), np.int64), np.zeros((n_sym, 2), np.int64),
                               np.zeros(n_sym, np.bool_), state.sym_rows, state.row_start,
-                              state.out.accounts["equity"], np.ascontiguousarray(state.w_state[:, NOTIONAL]))
+                              state.out.accounts["equity"].copy(), state.w_state[:, NOTIONAL].copy())
         self.book = book
 
     def candidates(self, s: int, side: int) -> np.ndarray:
@@ -146,12 +149,12 @@ def _build_queue(s, q, qty, entry_unit, isolated, isolated_margin, wallet, face_
     q.built[s] = True
 
 
-def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, state, log, ts) -> list:
+def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, queues: AdlQueues, state, log,
+              ts) -> list:
     """Make a round's closes in order (model §8.3-8.5): the book's quantities and money, the
     fund and the log change as each close is made. Returns the MoneyOverflowErrors of the
     closes not made (the others are)."""
     pos, inst = book.positions, book.instruments
-    queues = AdlQueues(book, mark, state)
     face_places, mark_places = decimal_places(inst.face_value), decimal_places(mark)
     rate_places = decimal_places(inst.liquidation_fee_rate)
     symbols = _Symbols(inst.face_value, inst.inverse, inst.settle_asset, inst.liquidation_fee_rate,
@@ -180,24 +183,30 @@ def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, st
 
 
 @njit(**_WITH_GIL)
-def _amount(kind, i, qty, price, price_places, b, sy):
-    """(units, ok) of closing `qty` of row i at `price` (of `price_places` decimal places,
-    money.float_places): the realized PnL floored (REALIZE) or
-    the liquidation fee rounded up (FEE), by money.row_amount's certified fast paths, else by
-    its Decimal path (money.decimal_amount, in object mode); not ok: beyond 64-bit money."""
-    s = b.symbol[i]
+def _amount(kind, qty, price, price_places, entry, face, inverse, rate, scale, face_places, fee_places,
+            fee_numer_places):
+    """(units, ok) of closing `qty` entered at `entry` at `price` (of `price_places` decimal
+    places, money.float_places): the realized PnL floored (REALIZE) or the liquidation fee
+    rounded up (FEE), by money.row_amount's certified fast paths, else by its Decimal path
+    (money.decimal_amount, in object mode); not ok: beyond 64-bit money. Scalars only: a
+    call passing arrays pays their reference counts."""
     if kind == REALIZE:
-        units, ok = row_amount(False, qty, b.entry_price[i], sy.face[s], sy.inverse[s], price, 0.0, sy.scale[s],
-                               float_places(qty), sy.face_places[s], -1, price_places)
-    else:
-        units, ok = row_amount(True, abs(qty), b.entry_price[i], sy.face[s], sy.inverse[s], price, sy.liq_fee_rate[s],
-                               sy.scale[s], float_places(qty), sy.fee_places[s], sy.fee_numer_places[s],
+        units, ok = row_amount(False, qty, entry, face, inverse, price, 0.0, scale, float_places(qty), face_places, -1,
                                price_places)
+    else:
+        units, ok = row_amount(True, abs(qty), entry, face, inverse, price, rate, scale, float_places(qty), fee_places,
+                               fee_numer_places, price_places)
     if not ok:
-        entry, face, inverse, rate, scale = b.entry_price[i], sy.face[s], sy.inverse[s], sy.liq_fee_rate[s], sy.scale[s]
         with objmode(units="int64", ok="boolean"):
             units, ok = _decimal_units(kind, qty, entry, face, inverse, price, rate, scale)
     return (units if kind == REALIZE else -units), ok
+
+
+@njit(inline="always", **_WITH_GIL)
+def _amount_of(kind, qty, price, price_places, entry, s, sy):
+    """_amount with symbol s's terms."""
+    return _amount(kind, qty, price, price_places, entry, sy.face[s], sy.inverse[s], sy.liq_fee_rate[s], sy.scale[s],
+                   sy.face_places[s], sy.fee_places[s], sy.fee_numer_places[s])
 
 
 def _decimal_units(kind, qty, entry, face, inverse, price, rate, scale) -> tuple[int, bool]:
@@ -241,8 +250,8 @@ def _run_closes(k, closes, b, sy, q, log, n_log):
             notional, upnl = position_value(qty, b.entry_unit[i], sy.face_mark[s], sy.direction[s])
             if not (abs(upnl / sy.unit[s]) < 2.0**62 and abs(notional / sy.unit[s]) < 2.0**62):
                 return GENERAL, k, n_log
-            r, ok = _amount(REALIZE, i, qty, sy.mark[s], sy.mark_places[s], b, sy)
-            f, ok_fee = _amount(FEE, i, qty, sy.mark[s], sy.mark_places[s], b, sy)
+            r, ok = _amount_of(REALIZE, qty, sy.mark[s], sy.mark_places[s], b.entry_price[i], s, sy)
+            f, ok_fee = _amount_of(FEE, qty, sy.mark[s], sy.mark_places[s], b.entry_price[i], s, sy)
             if not (ok and ok_fee):
                 return GENERAL, k, n_log
             rows[t], realized[t], fee[t] = i, r, f
@@ -324,7 +333,7 @@ def _run_closes(k, closes, b, sy, q, log, n_log):
                     estimate = closed * sy.face[s] * (price[t] - b.entry_price[c])
                 if not abs(estimate / unit) < 0.999 * 2.0**62:
                     return GENERAL, k, n_log
-                gain, ok = _amount(REALIZE, c, closed, price[t], price_places, b, sy)
+                gain, ok = _amount_of(REALIZE, closed, price[t], price_places, b.entry_price[c], s, sy)
                 if not ok:
                     return GENERAL, k, n_log
                 if n_match == len(match_row):
@@ -371,7 +380,7 @@ def _run_closes(k, closes, b, sy, q, log, n_log):
     return DONE, k, n_log
 
 
-@njit(**JIT_EXACT)
+@njit(inline="always", **JIT_EXACT)
 def _event(log, n, kind, wallet, row, qty, price, realized, fund):
     log.kind[n], log.wallet[n], log.row[n], log.qty[n] = kind, wallet, row, qty
     log.price[n], log.realized[n], log.fund[n] = price, realized, fund
