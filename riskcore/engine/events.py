@@ -117,20 +117,33 @@ class EventLog:
         def money(name):
             return pl.from_arrow(units_to_decimal(column(name), scale, book.asset_scale[asset]))
 
-        symbols = np.array(book.instruments.symbol, dtype=object)[book.positions.symbol[r]]
-        sides = np.array(SIDES, dtype=object)[book.positions.side[r]]
         return pl.DataFrame({
             "seq": np.arange(self.first_seq + start, self.first_seq + self._n, dtype=np.int64),
-            "ts": pl.Series([_plain(t) for t in column("ts")]),
+            "ts": _ts_column(column("ts")),
             "kind": categorical(column("kind").copy(), EVENT_KINDS),
             "account_id": book.wallets.account_id[wal], "asset": categorical(asset, book.assets),
-            "symbol": pl.Series(np.where(has_row, symbols, None).tolist(), dtype=pl.String),
-            "position_side": pl.Series(np.where(has_row, sides, None).tolist(), dtype=pl.String),
+            "symbol": _names(book.instruments.symbol, book.positions.symbol[r], has_row),
+            "position_side": _names(SIDES, book.positions.side[r], has_row),
             "qty": column("qty").copy(), "price": column("price").copy(),
             "realized_pnl": money("realized"), "insurance_fund_delta": money("fund"),
             "equity": column("equity").copy(), "mm": column("mm").copy(),
             "risk_ratio": column("risk_ratio").copy(),
         })
+
+
+def _names(names, codes: np.ndarray, present: np.ndarray) -> pl.Series:
+    """Text column: names[codes] where present, else null."""
+    picked = pl.Series(list(names), dtype=pl.String).gather(codes)
+    return pl.select(pl.when(pl.Series(present)).then(picked)).to_series()
+
+
+def _ts_column(ts: np.ndarray) -> pl.Series:
+    """The ts column: each run of one tick's events shares its ts, converted once per run."""
+    if not len(ts):
+        return pl.Series([], dtype=pl.Null)
+    new = np.r_[True, ts[1:] != ts[:-1]] if len(ts) > 1 else np.ones(1, bool)
+    first = np.flatnonzero(new)
+    return pl.Series([_plain(ts[i]) for i in first]).gather(np.cumsum(new) - 1)
 
 
 def _plain(ts):
