@@ -163,14 +163,15 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
                         liquidate=True, insurance_fund=fund, fund_name=fund_name)
         seconds = time.perf_counter() - t
         price = asset_prices(book, mark, quote)
-        ev = engine.events().filter(pl.col("kind").is_in(["liquidation_close", "adl_close", "insurance_fund_shortfall"]))
-        ev = ev.join(_position_keys(book, ev["account_id"].to_numpy()), on=["account_id", "symbol", "position_side"],
-                     how="left")
+        ev = engine.events()
+        closing = ev["kind"].cast(pl.String).is_in(["liquidation_close", "adl_close", "insurance_fund_shortfall"])
+        ev, event_row = ev.filter(closing), engine.event_rows()[closing.to_numpy()]
         if ev.height:
-            sym = ev["sym"].to_numpy()
+            pos, inst = book.positions, book.instruments
+            sym = pos.symbol[event_row]
             q, at = np.abs(ev["qty"].to_numpy()), ev["price"].to_numpy()
-            face, inverse, entry = ev["face"].to_numpy(), ev["inverse"].to_numpy(), ev["entry_price"].to_numpy()
-            to_quote = price[ev["asset_id"].to_numpy()]
+            face, inverse, entry = inst.face_value[sym], inst.inverse[sym], pos.entry_price[event_row]
+            to_quote = price[inst.settle_asset[sym]]
             notional = np.where(inverse, q * face / mark[sym], q * face * mark[sym]) * to_quote
             realized = ev["realized_pnl"].cast(pl.Float64).to_numpy()
             fund_delta = ev["insurance_fund_delta"].cast(pl.Float64).to_numpy()
@@ -183,7 +184,7 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
             adl_share = np.zeros(ev.height)
             if bankrupt.any():  # the close at the mark, in units as the engine rounds it
                 k = np.flatnonzero(bankrupt)
-                scale = ev["scale"].to_numpy()[k]
+                scale = book.asset_scale[inst.settle_asset[sym[k]]]
                 at_mark = realized_units(-ev["qty"].to_numpy()[k], entry[k], face[k], inverse[k], mark[sym[k]], scale)
                 adl_share[k] = np.maximum(realized[k] - at_mark * 10.0 ** -scale, 0.0)
             fund_paid = np.where(fund_delta < 0, -fund_delta, 0.0)
@@ -193,9 +194,8 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
                           .filter(pl.col("deficit") > 0).group_by("account_id", "asset").sum()
                           .with_columns(scenario=pl.lit(sc.name)))
             deficits.append(per_wallet)
-            iso = ev["isolated"].to_numpy()
-            row = dict(wallets_liquidated=ev.filter(pl.col("kind") == "liquidation_close", ~pl.col("isolated"))
-                       .select(pl.struct("account_id", "asset").n_unique()).item(),
+            iso = pos.isolated[event_row]
+            row = dict(wallets_liquidated=int(np.unique(pos.wallet[event_row[liq & ~iso]]).size),
                        isolated_liquidated=int((liq & iso).sum()), positions_closed=int(liq.sum()),
                        notional_liquidated=float(np.nansum(notional[liq])), deficit=float(np.nansum(deficit)),
                        fund_fees=float(np.nansum((np.where(fund_delta > 0, fund_delta, 0.0) * to_quote))),
@@ -213,23 +213,3 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
               "scenario": pl.String}
     per_wallet = pl.concat([pl.DataFrame(schema=schema)] + [d.cast(schema) for d in deficits], how="vertical_relaxed")
     return StressResult(table, per_wallet.select("scenario", "account_id", "asset", "deficit_asset", "deficit"), quote)
-
-
-def _position_keys(book: Book, accounts: np.ndarray) -> pl.DataFrame:
-    """The positions of these accounts by (account_id, symbol, position_side), with what an
-    event's row needs to be valued (an account's positions are contiguous: its wallets'
-    ranges)."""
-    from .book import SIDES
-    from .engine.state import ranges
-    pos, inst, wal = book.positions, book.instruments, book.wallets
-    w = np.flatnonzero(np.isin(wal.account_id, np.unique(accounts)))
-    rows = ranges(wal.pos_start[w], wal.pos_start[w + 1])
-    sym = pos.symbol[rows]
-    return pl.DataFrame({
-        "account_id": wal.account_id[pos.wallet[rows]],
-        "symbol": pl.Series(np.array(inst.symbol, dtype=object)[sym].tolist(), dtype=pl.String),
-        "position_side": pl.Series(np.array(SIDES, dtype=object)[pos.side[rows]].tolist(), dtype=pl.String),
-        "sym": sym.astype(np.int64),
-        "asset_id": inst.settle_asset[sym].astype(np.int64), "face": inst.face_value[sym],
-        "inverse": inst.inverse[sym], "entry_price": pos.entry_price[rows], "isolated": pos.isolated[rows],
-        "scale": book.asset_scale[inst.settle_asset[sym]]})

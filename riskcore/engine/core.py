@@ -237,6 +237,11 @@ class Engine:
         those numbered since_seq and later. Money as exact decimals of the asset."""
         return self._events.frame(self.book, since_seq)
 
+    def event_rows(self, since_seq: int | None = None) -> np.ndarray:
+        """Per event of events(since_seq), the book row of its position (−1 for a wallet's
+        event): the engine's book has the rows of the book it was given, in that order."""
+        return self._events.column("row", self._events.start(since_seq)).copy()
+
     @property
     def next_seq(self) -> int:
         """The sequence number of the next event."""

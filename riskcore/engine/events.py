@@ -100,10 +100,14 @@ class EventLog:
         self._cols["ts"][self._n:n] = [ts] * (n - self._n)
         self._n = n
 
+    def start(self, since_seq: int | None) -> int:
+        """Index of the first event numbered since_seq or later (0: every event)."""
+        return 0 if since_seq is None else min(max(since_seq - self.first_seq, 0), self._n)
+
     def frame(self, book: Book, since_seq: int | None = None) -> pl.DataFrame:
         """The events table (columns: model §8.2), money as exact decimals of the wallet's
         asset: every event of the log, or those numbered since_seq and later."""
-        start = 0 if since_seq is None else min(max(since_seq - self.first_seq, 0), self._n)
+        start = self.start(since_seq)
         n = self._n - start
 
         def column(name):
