@@ -209,3 +209,40 @@ def test_tick_checks_alone():
                         (([0], [1.0], 3, 4), "time goes backwards"), (([0, 1], [1.0], 5, 4), "one price")):
         with pytest.raises(TickError, match=words):
             check_tick(*args)
+
+
+@pytest.mark.parametrize("seed,factor", [(1, 1.0), (6, 0.93)])
+def test_adl_ranks_and_quantiles_follow_the_rank_formula(seed, factor):
+    """adl_rank per position from plain per-row arithmetic (model §8.5), and adl_quantile
+    4 for the first fifth of its symbol and side's queue (best rank first, ties in book
+    order), down to 0 for the last fifth; flat positions have neither."""
+    book = rc.Book.from_tables(**generate(200, 1500, 8, seed=seed))
+    e = Engine(book)
+    e.on_symbol_marks(np.arange(len(book.instruments)), e.mark * factor, 1)
+    got = e.adl_ranks()
+    pos, inst = book.positions, book.instruments
+    figures = e.position_figures()
+    equity = e.out.accounts["equity"]
+    cross_notional = np.bincount(pos.wallet, weights=np.where(pos.isolated, 0.0, figures["notional"]),
+                                 minlength=len(book.wallets))
+    expected = []
+    for i in range(len(pos.qty)):
+        q, s, w = pos.qty[i], pos.symbol[i], pos.wallet[i]
+        if q == 0:
+            expected.append(None)
+            continue
+        upnl, notional = figures["upnl"][i], figures["notional"][i]
+        pnl = upnl / (abs(q) * pos.entry_unit[i])
+        margin = (pos.isolated_margin[i] * book.symbol_unit[s] + upnl if pos.isolated[i]
+                  else equity[w] * notional / cross_notional[w])
+        effective = notional / margin if margin > 0 else np.inf
+        expected.append(pnl * effective if pnl > 0 else pnl / effective)
+    np.testing.assert_allclose(got["adl_rank"].fill_null(np.nan).to_numpy(),
+                               np.array(expected, dtype=float), rtol=1e-9, equal_nan=True)
+    assert got["adl_quantile"].is_null().to_list() == (pos.qty == 0).tolist()
+    frame = got.with_row_index("row").filter(pl.col("adl_quantile").is_not_null()).with_columns(
+        long=pl.Series((pos.qty > 0)[pos.qty != 0]))
+    for (_, _), side in frame.group_by("symbol", "long"):
+        side = side.sort(pl.col("adl_rank").fill_nan(-np.inf), "row", descending=[True, False])
+        n = side.height
+        assert side["adl_quantile"].to_list() == [4 - 5 * p // n for p in range(n)]

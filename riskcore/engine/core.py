@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from ..book import Book
+from ..book import SIDES, Book
 from ..io import as_book, as_table
 from ..errors import BookError, MoneyOverflowError
 from ..kernels import margin_balance, risk_ratios
@@ -251,6 +251,21 @@ class Engine:
         """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in
         book order."""
         return self.state.position_figures()
+
+    def adl_ranks(self) -> pl.DataFrame:
+        """Per position in book order: `adl_rank` (model §8.5: pnl% × effective leverage in
+        profit, ÷ otherwise; null when flat) and `adl_quantile`, 0-4 within the queue of its
+        symbol and side (4: the first fifth, deleveraged first, like Binance's adlQuantile;
+        null when flat), at the engine's current marks and figures."""
+        book = self.book
+        rank, quantile = liquidation.adl_figures(book, self.mark, self.state)
+        flat = quantile < 0
+        return pl.DataFrame({
+            "account_id": book.wallets.account_id[book.positions.wallet],
+            "symbol": pl.Series(list(book.instruments.symbol), dtype=pl.String).gather(book.positions.symbol),
+            "position_side": pl.Series(list(SIDES), dtype=pl.String).gather(book.positions.side),
+            "adl_rank": pl.Series(rank).set(pl.Series(flat), None),
+            "adl_quantile": pl.Series(quantile).set(pl.Series(flat), None)})
 
     def insurance_fund(self) -> pl.DataFrame:
         return pl.DataFrame({"asset": self.book.assets, "balance": pl.from_arrow(

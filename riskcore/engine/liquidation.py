@@ -49,7 +49,7 @@ Closes = namedtuple("Closes", "start rows wallet isolated")  # close k: rows[sta
 _Book = namedtuple("_Book", "qty entry_price entry_unit symbol wallet isolated isolated_margin balance fund")
 _Symbols = namedtuple("_Symbols", "face inverse settle_asset liq_fee_rate scale unit mark face_mark direction "
                                   "face_places mark_places fee_places fee_numer_places")
-_Queues = namedtuple("_Queues", "queue lo hi head built sym_rows row_start equity cross_notional")
+_Queues = namedtuple("_Queues", "queue rank lo hi head built sym_rows row_start equity cross_notional")
 _Log = namedtuple("_Log", "kind wallet row qty price realized fund equity mm risk_ratio")
 
 
@@ -85,7 +85,8 @@ class AdlQueues:
     def __init__(self, book: Book, mark: np.ndarray, state):
         n_sym = len(book.instruments)
         self.face_mark, self.direction = book.face_mark(mark)
-        self.arrays = _Queues(np.empty(len(book.positions), np.int64), np.zeros((n_sym, 2), np.int64),
+        self.arrays = _Queues(np.empty(len(book.positions), np.int64), np.empty(len(book.positions)),
+                              np.zeros((n_sym, 2), np.int64),
                               np.zeros((n_sym, 2), np.int64), np.zeros((n_sym, 2), np.int64),
                               np.zeros(n_sym, np.bool_), state.sym_rows, state.row_start,
                               state.out.accounts["equity"].copy(), state.w_state[:, NOTIONAL].copy())
@@ -131,6 +132,7 @@ def _build_queue(s, q, qty, entry_unit, isolated, isolated_margin, wallet, face_
                 margin = q.equity[wallet[i]] * notional / q.cross_notional[wallet[i]]
             effective = notional / margin if margin > 0 else np.inf
             rank = pnl * effective if pnl > 0 else pnl / effective
+            q.rank[i] = rank
             if rank != rank:
                 undefined[n_nan] = i
                 n_nan += 1
@@ -147,6 +149,31 @@ def _build_queue(s, q, qty, entry_unit, isolated, isolated_margin, wallet, face_
         at += n_nan
         q.hi[s, side] = at
     q.built[s] = True
+
+
+def adl_figures(book: Book, mark: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
+    """Per position in book order, its ADL rank (model §8.5; NaN when flat) and its quantile
+    0-4 in its symbol and side's queue as exchanges publish it (4: the first fifth, the first
+    to be deleveraged; -1 when flat), from the engine's figures now."""
+    queues = AdlQueues(book, mark, state)
+    q = queues.arrays
+    quantile = np.full(len(book.positions), -1, np.int8)
+    rank = np.full(len(book.positions), np.nan)
+    for s in range(len(book.instruments)):
+        queues.candidates(s, 0)  # builds both sides
+    _queue_quantiles(q.queue, q.lo, q.hi, q.rank, quantile, rank)
+    return rank, quantile
+
+
+@njit(**JIT_EXACT)
+def _queue_quantiles(queue, lo, hi, queue_rank, quantile, rank):
+    for s in range(lo.shape[0]):
+        for side in range(2):
+            n = hi[s, side] - lo[s, side]
+            for place in range(n):
+                i = queue[lo[s, side] + place]
+                quantile[i] = 4 - (5 * place) // n
+                rank[i] = queue_rank[i]
 
 
 def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, queues: AdlQueues, state, log,
