@@ -6,7 +6,7 @@ from unittest import mock
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 
 import riskcore as rc
 from riskcore.engine import Engine, TickError, liquidation
@@ -15,6 +15,7 @@ from riskcore.scan import ScanArrays, scan_into
 
 from books import books, representable, tick_paths
 from naive.engine import reference_liquidation
+from naive.scan import reference_scan
 
 CLOSES = ("liquidation_close", "adl_close", "insurance_fund_shortfall")
 
@@ -268,11 +269,19 @@ def test_gen_ticks_replay_end_to_end(tmp_path, capsys):
     assert "30 ticks in" in capsys.readouterr().out
 
 
+def clear_of_the_boundary(tables) -> bool:
+    """No wallet's cushion (equity − fee − mm) within rounding of 0: there float and exact
+    decisions may differ (issue 13's exact decisions at the boundary)."""
+    _, accounts = reference_scan(**tables)
+    return all(abs(a["margin"]) > Decimal("1e-9") * a["scale"] for a in accounts.values())
+
+
 @given(books(max_symbols=3, max_accounts=4).filter(representable))
 def test_forced_closes_match_a_plain_liquidation_procedure(tables):
     tables["instruments"] = tables["instruments"].with_columns(
         pl.Series("liquidation_fee_rate", [0.005, 0.0125, 0.0][:tables["instruments"].height] * 3)[
             :tables["instruments"].height])
+    assume(clear_of_the_boundary(tables))
     book = rc.Book.from_tables(**tables)
     fund_units = {a: 4 * 10**18 for a in book.assets}  # deep enough that no close needs ADL
     engine = Engine(book, liquidate=True, insurance_fund=pl.DataFrame(
