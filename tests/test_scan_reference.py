@@ -62,6 +62,7 @@ def assert_matches_reference(tables):
             assert close(row[name], want[name], want["scale"]), (name, row, want)
         if abs(want["margin"]) > REL * want["scale"]:
             assert row["liquidate"] == want["liquidate"], (row, want)
+        if abs(want["equity"]) > REL * want["scale"]:  # the ratio is ill-conditioned where equity ≈ 0
             rr = want["risk_ratio"]
             assert close(row["risk_ratio"], rr, (abs(rr) if rr.is_finite() else 0) * Decimal(1e3) + 1)
 
