@@ -105,11 +105,18 @@ def _check_target(out: Path, inputs: list[Path]) -> None:
     real = Path(os.path.realpath(out))
     if real == Path(os.path.realpath(os.getcwd())) or real in Path(os.path.realpath(os.getcwd())).parents:
         raise OutputError(out, "is the current folder (or holds it); riskcore replaces OUT whole, name another folder")
+    _refuse_inputs(out, inputs, holding=True)
+
+
+def _refuse_inputs(out: Path, inputs, *, holding: bool) -> None:
+    """OutputError if `out` is one of `inputs` or lies inside one, or (`holding`: a folder
+    replaced whole) holds one."""
+    real = Path(os.path.realpath(out))
     for given in inputs:
         src = Path(os.path.realpath(given))
         if src == real:
             raise OutputError(out, f"is the input {given}; riskcore never writes over its input")
-        if real in src.parents:
+        if holding and real in src.parents:
             raise OutputError(out, f"holds the input {given}; riskcore never writes over its input")
         if src in real.parents:
             raise OutputError(out, f"lies inside the input {given}; riskcore never writes into its input")
@@ -280,13 +287,7 @@ def check_files(targets, *, command: str, inputs=(), force: bool = False, marker
             raise OutputError(out, "is a symbolic link; give the file itself")
         if out.is_dir():
             raise OutputError(out, "is a folder; the output is a file")
-        real = Path(os.path.realpath(out))
-        for src in given:
-            src_real = Path(os.path.realpath(src))
-            if src_real == real:
-                raise OutputError(out, f"is the input {src}; riskcore never writes over its input")
-            if src_real in real.parents:
-                raise OutputError(out, f"lies inside the input {src}; riskcore never writes into its input")
+        _refuse_inputs(out, given, holding=False)
         if out.exists() and not force and not written_by(out, marker):
             raise OutputError(out, f"exists and riskcore did not write it; name a new file (or --force to "
                                    f"replace it)")
