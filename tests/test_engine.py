@@ -139,6 +139,56 @@ def test_a_crash_with_an_empty_fund_closes_as_the_general_planner_does(seed, fac
     assert dict(kinds.rows())["adl_close"] > 100 and len(engines[0].events()) > 1024
 
 
+@given(tick_paths())
+def test_screened_ticks_report_what_full_rescans_report(case):
+    """Ticks moving most of the book, looked at only where the screen says a flag can change
+    (every such tick screened here), give the events, closes, book and fund of exact full
+    rescans; figures after refresh() are a full scan's."""
+    from riskcore.engine import core
+    tables, path, fund = case
+    for liquidate in (False, True):
+        with mock.patch.object(core, "SCREEN_SHARE", 1.0):
+            _, screened = run(tables, path, fund, liquidate)
+        with mock.patch.object(core, "SCREEN_SHARE", 0.0):
+            _, rescanned = run(tables, path, fund, liquidate)
+        a, b = screened.events(), rescanned.events()
+        figures = ["equity", "mm", "risk_ratio"]  # running sums or exact recomputes: the same to rounding
+        assert a.drop(figures).equals(b.drop(figures))
+        for name in figures:
+            np.testing.assert_allclose(a[name].to_numpy(), b[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+        np.testing.assert_array_equal(screened.book.positions.qty, rescanned.book.positions.qty)
+        np.testing.assert_array_equal(screened.book.wallets.balance, rescanned.book.wallets.balance)
+        np.testing.assert_array_equal(screened.fund, rescanned.fund)
+        assert_equals_full_scan(screened)
+
+
+@pytest.mark.parametrize("liquidate", [False, True])
+def test_a_desk_feed_screened_reports_what_full_rescans_report(liquidate):
+    """A generated book under 150 all-symbol ticks of a wild market (1% per tick, every tick
+    screened, thousands of flags changing): the same events, closes and book as full
+    rescans."""
+    from riskcore.engine import core
+    from riskcore.gen import generate
+    tables = generate(400, 4000, 12, seed=4)
+    book = rc.Book.from_tables(**tables)
+    rng = np.random.default_rng(5)
+    path = book.mark * np.exp(np.cumsum(rng.normal(0, 0.01, (150, len(book.mark))), axis=0))
+    engines = []
+    for share in (1.0, 0.0):
+        with mock.patch.object(core, "SCREEN_SHARE", share):
+            e = Engine(rc.Book.from_tables(**tables), liquidate=liquidate)
+            for ts, marks in enumerate(path):
+                e.on_symbol_marks(np.arange(len(marks)), marks, ts)
+        engines.append(e)
+    screened, rescanned = engines
+    a, b = screened.events(), rescanned.events()
+    assert a.height > 1000
+    figures = ["equity", "mm", "risk_ratio"]
+    assert a.drop(figures).equals(b.drop(figures))
+    np.testing.assert_array_equal(screened.book.wallets.balance, rescanned.book.wallets.balance)
+    assert_equals_full_scan(screened)
+
+
 def one_position(qty=0.1, margin_mode="isolated", isolated_margin=100.0, balance=300.0, fee=0.0, liq_fee=0.0,
                  extra=None):
     """Seed 003: 0.1 BTC at 50,000, 100 USDT isolated margin, MM = 50% of used margin."""

@@ -23,11 +23,13 @@ from ..money import to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
 from . import durable, liquidation
 from .events import ACCOUNT_LIQUIDATABLE, ADL_CLOSE, LIQUIDATION_CLOSE, POSITION_LIQUIDATABLE, EventLog
+from .screen import Screen
 from .state import TickState
 from .ticks import check_tick, symbol_ids
 
 RESYNC_EVERY = 10_000  # ticks between exact recomputations of the running sums
-FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is an exact parallel full scan
+FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is screened (screen.py), not run row by row
+SCREEN_SHARE = 0.02    # ... unless the screen leaves more of the wallets than this: then an exact full scan
 
 
 class Engine:
@@ -68,15 +70,17 @@ class Engine:
         self._events = EventLog(first_seq=0 if _resume is None else _resume.next_seq)
         self.state = TickState(book, self.mark)
         self.out = self.state.out
-        if _resume is not None:  # the snapshot was taken after an exact pass: these are its flags, reported
-            return
-        # what is liquidatable at load is reported once, with no timestamp
-        n_w = len(book.wallets)
-        self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
-        iso = np.flatnonzero(book.positions.isolated)
-        self._report_positions(iso, np.zeros(len(iso), bool))
-        if liquidate:
-            self._liquidate(np.arange(n_w))
+        self.screen = Screen(book)
+        self._stale = np.zeros(len(book.wallets), dtype=bool)  # figures older than the marks: see refresh()
+        if _resume is None:  # (a snapshot was taken after an exact pass: its flags are reported)
+            # what is liquidatable at load is reported once, with no timestamp
+            n_w = len(book.wallets)
+            self._report_accounts(np.arange(n_w), np.zeros(n_w, bool))
+            iso = np.flatnonzero(book.positions.isolated)
+            self._report_positions(iso, np.zeros(len(iso), bool))
+            if liquidate:
+                self._liquidate(np.arange(n_w))
+        self.screen.rebase(self.mark, self.out)  # every figure is exact at the marks here
 
     # -- ticks ---------------------------------------------------------------------------
     def on_marks(self, symbols, prices, ts=None) -> int:
@@ -96,17 +100,80 @@ class Engine:
         n_before = len(self._events)
         sym = np.sort(sym)
         self.ticks += 1
-        state, pos = self.state, self.book.positions
-        if state.n_rows(sym) > FULL_SCAN_SHARE * len(pos) or self.ticks % self.resync_every == 0:
-            # most of the book moved: an exact parallel scan in book order
+        if self.ticks % self.resync_every == 0:
             self._exact_pass()
+        elif self.state.n_rows(sym) > FULL_SCAN_SHARE * len(self.book.positions):
+            if not self._screened_pass():  # most of the book moved
+                self._exact_pass()
         else:
-            wallets, became_wallets, became_rows = state.tick(sym, self.mark)
-            self._account_events(became_wallets)
-            self._position_events(became_rows)
-            if self.execute:
-                self._liquidate(wallets)
+            self._small_tick(sym)
         return len(self._events) - n_before
+
+    def _small_tick(self, sym: np.ndarray) -> None:
+        """A tick of a few symbols: their rows' new figures replace the old in their wallets'
+        running sums (state.tick); a stale wallet among them (skipped by a screened tick: its
+        sums hold older marks) is recomputed exactly instead. Events in the order a tick of
+        fresh wallets gives them."""
+        state, pos, a, p = self.state, self.book.positions, self.out.accounts, self.out.positions
+        touched = state.wallets_of_symbols(sym)
+        stale = touched[self._stale[touched]]
+        rows = state.wallet_rows(stale)
+        iso = rows[pos.isolated[rows]]
+        old_acct, old_iso = a["liquidate"][stale].copy(), p["liquidate"][iso].copy()
+        wallets, became_wallets, became_rows = state.tick(sym, self.mark)
+        if len(stale):
+            self._resync(stale)
+            became_wallets = np.union1d(became_wallets[~self._stale[became_wallets]],
+                                        stale[a["liquidate"][stale] & ~old_acct])
+            rows = np.r_[became_rows[~self._stale[pos.wallet[became_rows]]], iso[p["liquidate"][iso] & ~old_iso]]
+            became_rows = rows[np.argsort(state.row_of[rows], kind="stable")]  # symbol by symbol, as state.tick
+        self._account_events(became_wallets)
+        self._position_events(became_rows)
+        if self.execute:
+            self._liquidate(wallets)
+
+    def _screened_pass(self) -> bool:
+        """A tick that moved most of the book, looked at only where the screen says a flag can
+        have changed (screen.py): those wallets recomputed exactly and reported, the others
+        left as they were, stale (their flags provably unchanged; refresh() brings their
+        figures up to date). False, changing nothing, when the screen leaves too many."""
+        wallets = self.screen.candidates(self.mark, self.out, int(SCREEN_SHARE * len(self.book.wallets)))
+        if wallets is None:
+            return False
+        self._stale[:] = True
+        self._recheck(wallets)
+        if self.execute:
+            self._liquidate(wallets)
+        return True
+
+    def _flagged(self, wallets: np.ndarray) -> np.ndarray:
+        """Those of `wallets` that are liquidatable or hold a liquidatable isolated position."""
+        iso = self.screen.iso_rows
+        flagged = self.out.accounts["liquidate"].copy()
+        flagged[self.book.positions.wallet[iso[self.out.positions["liquidate"][iso]]]] = True
+        return wallets[flagged[wallets]]
+
+    def _recheck(self, wallets: np.ndarray) -> None:
+        """Wallets recomputed exactly at the marks; what became liquidatable reported."""
+        pos, a, p = self.book.positions, self.out.accounts, self.out.positions
+        rows = self.state.wallet_rows(wallets)
+        iso = rows[pos.isolated[rows]]
+        old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
+        self._resync(wallets)
+        self._report_accounts(wallets, old_acct)
+        self._report_positions(iso, old_iso)
+
+    def _resync(self, wallets: np.ndarray) -> None:
+        self.state.resync(self.mark, wallets)
+        self._stale[wallets] = False
+
+    def refresh(self) -> None:
+        """Bring the figures of wallets a screened tick skipped up to date (exactly; their
+        flags are unchanged, as the screen proved): `out.accounts` and `position_figures()`
+        then hold every wallet's figures at the marks."""
+        stale = np.flatnonzero(self._stale)
+        if len(stale):
+            self._recheck(stale)
 
     def _exact_pass(self) -> None:
         """Every figure recomputed exactly (no running sums), what became liquidatable
@@ -115,11 +182,13 @@ class Engine:
         iso = np.flatnonzero(self.book.positions.isolated)
         old_acct, old_iso = self.out.accounts["liquidate"].copy(), self.out.positions["liquidate"][iso]
         self.state.full_scan(self.mark)
+        self._stale[:] = False
         wallets = np.arange(len(self.book.wallets))
         self._report_accounts(wallets, old_acct)
         self._report_positions(iso, old_iso)
         if self.execute:
             self._liquidate(wallets)
+        self.screen.rebase(self.mark, self.out)  # the closes' wallets were recomputed at these marks too
 
     # -- durability ----------------------------------------------------------------------
     def snapshot(self, folder, replay: dict | None = None) -> None:
@@ -167,12 +236,15 @@ class Engine:
         included), and repeat while that makes new liquidations. A close whose money would
         leave int64 is not made (MoneyOverflowError); the others still are, every touched
         wallet is re-checked, and then the first such error is raised."""
-        book, a, p = self.book, self.out.accounts, self.out.positions
+        book = self.book
         pos = book.positions
         failed = []
-        queues = liquidation.AdlQueues(book, self.mark, self.state)
+        # ADL ranks positions by their wallets' figures: every wallet's brought up to date first
+        queues = liquidation.AdlQueues(book, self.mark, self.state, before_ranking=self.refresh)
         for _ in range(max_rounds):
-            closes = liquidation.closes_due(book, self.out, wallets)
+            closes = liquidation.closes_due(book, self.out, self._flagged(wallets))
+            if not len(closes.wallet):
+                break
             first = len(self._events)
             failed += liquidation.run_round(book, self.mark, self.fund, closes, queues, self.state, self._events,
                                             self.ts)
@@ -185,12 +257,8 @@ class Engine:
             if not len(touched):
                 break
             wallets = _distinct(pos.wallet[touched], len(book.wallets))
-            all_rows = self.state.wallet_rows(wallets)
-            iso = all_rows[pos.isolated[all_rows]]
-            old_acct, old_iso = a["liquidate"][wallets].copy(), p["liquidate"][iso].copy()
-            self.state.resync(self.mark, wallets)
-            self._report_accounts(wallets, old_acct)
-            self._report_positions(iso, old_iso)
+            self.screen.changed[wallets] = True  # their money moved: the screen's keys no longer hold
+            self._recheck(wallets)
         if failed:
             raise failed[0]
 
@@ -250,6 +318,7 @@ class Engine:
     def position_figures(self) -> dict[str, np.ndarray]:
         """The engine's per-position figures (upnl, mm, im, fee, notional, isolated flags) in
         book order."""
+        self.refresh()
         return self.state.position_figures()
 
     def adl_ranks(self) -> pl.DataFrame:
@@ -258,6 +327,7 @@ class Engine:
         symbol and side (4: the first fifth, deleveraged first, like Binance's adlQuantile;
         null when flat), at the engine's current marks and figures."""
         book = self.book
+        self.refresh()
         rank, quantile = liquidation.adl_figures(book, self.mark, self.state)
         flat = quantile < 0
         return pl.DataFrame({

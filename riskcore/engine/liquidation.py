@@ -38,7 +38,7 @@ from .events import ADL_CLOSE, FUND_SHORTFALL, LIQUIDATION_CLOSE
 from .state import ranges
 
 # what _run_closes stopped on
-DONE, GENERAL, GROW = 0, 1, 2
+DONE, GENERAL, GROW, RANK = 0, 1, 2, 3
 REALIZE, FEE = 0, 1  # the amounts of a close (_amount)
 # every integer of a close the compiled pass makes stays below this (far inside int64)
 _CERTIFIED = 2.0**61
@@ -49,7 +49,7 @@ Closes = namedtuple("Closes", "start rows wallet isolated")  # close k: rows[sta
 _Book = namedtuple("_Book", "qty entry_price entry_unit symbol wallet isolated isolated_margin balance fund")
 _Symbols = namedtuple("_Symbols", "face inverse settle_asset liq_fee_rate scale unit mark face_mark direction "
                                   "face_places mark_places fee_places fee_numer_places")
-_Queues = namedtuple("_Queues", "queue rank lo hi head built sym_rows row_start equity cross_notional")
+_Queues = namedtuple("_Queues", "queue rank lo hi head built sym_rows row_start equity cross_notional ready")
 _Log = namedtuple("_Log", "kind wallet row qty price realized fund equity mm risk_ratio")
 
 
@@ -76,26 +76,36 @@ def closes_due(book: Book, out, wallets: np.ndarray) -> Closes:
 
 
 class AdlQueues:
-    """Per symbol and side, the open positions ranked for auto-deleveraging from the figures
-    at the start of a tick's liquidation (`_build_queue`), consumed by both planners through
-    that tick's rounds. A queue is built when its symbol first needs one, which gives the
-    same ranks as building it at the start: until then only the symbol's own closes have
-    changed its positions (leaving them closed), and the wallet figures are copied here."""
+    """Per symbol and side, the open positions ranked for auto-deleveraging (`_build_queue`)
+    from the wallet figures as they stand when the tick's liquidation first needs one
+    (`prepare`: `before_ranking` brings every wallet's figures up to date, then they are
+    copied here), consumed by both planners through the tick's rounds. A symbol's queue is
+    built when it is first needed, which gives the ranks it would have had then: until then
+    only the symbol's own closes have changed its positions (leaving them closed)."""
 
-    def __init__(self, book: Book, mark: np.ndarray, state):
+    def __init__(self, book: Book, mark: np.ndarray, state, before_ranking=lambda: None):
         n_sym = len(book.instruments)
         self.face_mark, self.direction = book.face_mark(mark)
         self.arrays = _Queues(np.empty(len(book.positions), np.int64), np.empty(len(book.positions)),
                               np.zeros((n_sym, 2), np.int64),
                               np.zeros((n_sym, 2), np.int64), np.zeros((n_sym, 2), np.int64),
                               np.zeros(n_sym, np.bool_), state.sym_rows, state.row_start,
-                              state.out.accounts["equity"].copy(), state.w_state[:, NOTIONAL].copy())
-        self.book = book
+                              np.empty(len(book.wallets)), np.empty(len(book.wallets)), np.zeros(1, np.bool_))
+        self.book, self.state, self.before_ranking = book, state, before_ranking
+
+    def prepare(self) -> None:
+        """The wallet figures the ranks are taken from (once per tick)."""
+        if not self.arrays.ready[0]:
+            self.before_ranking()
+            self.arrays.equity[:] = self.state.out.accounts["equity"]
+            self.arrays.cross_notional[:] = self.state.w_state[:, NOTIONAL]
+            self.arrays.ready[0] = True
 
     def candidates(self, s: int, side: int) -> np.ndarray:
         """The queue of symbol s's positions of `side` (1 long, 0 short), best rank first
         (positions closed since it was ranked included: the caller skips them)."""
         pos, q = self.book.positions, self.arrays
+        self.prepare()
         if not q.built[s]:
             _build_queue(s, q, pos.qty, pos.entry_unit, pos.isolated, pos.isolated_margin, pos.wallet,
                          self.face_mark, self.direction, self.book.symbol_unit)
@@ -200,6 +210,9 @@ def run_round(book: Book, mark: np.ndarray, fund: np.ndarray, closes: Closes, qu
         if status == GROW:
             log.reserve(max(len(log), 1024))
             continue
+        if status == RANK:
+            queues.prepare()
+            continue
         rows = closes.rows[closes.start[k]:closes.start[k + 1]]
         try:
             apply_close(book, fund, log, ts, plan_close(book, mark, fund, rows, int(closes.wallet[k]),
@@ -247,7 +260,7 @@ def _run_closes(k, closes, b, sy, q, log, n_log):
     """Closes k, k+1, ... of a round, each planned whole, certified, then applied to the
     book's columns and appended to the log columns from n_log. Returns (DONE, _, n_log), or,
     nothing of close k made: (GENERAL, k, n_log): close k is the general planner's; (GROW, k,
-    n_log): the log needs room."""
+    n_log): the log needs room; (RANK, k, n_log): the ADL queues need their figures (prepare)."""
     n_closes = len(closes.wallet)
     match_row = np.empty(16, np.int64)   # ADL matches of the close being planned
     match_qty = np.empty(16)
@@ -338,6 +351,8 @@ def _run_closes(k, closes, b, sy, q, log, n_log):
                 return GENERAL, k, n_log
             price_places = float_places(price[t])
             side = 0 if b.qty[i] > 0 else 1
+            if not q.ready[0]:
+                return RANK, k, n_log
             if not q.built[s]:
                 _build_queue(s, q, b.qty, b.entry_unit, b.isolated, b.isolated_margin, b.wallet, sy.face_mark,
                              sy.direction, sy.unit)
