@@ -147,12 +147,14 @@ def test_resume_refuses_other_inputs_a_state_in_use_and_start_a_used_state(tmp_p
 
 
 def _book_with_ticks(tmp_path, ticks: int, accounts: int = 400, positions: int = 1600):
+    """A book and a stream with jumps 100× as often as a real market's, so that it crashes:
+    forced closes and, with an empty fund, ADL."""
     from riskcore.gen import generate, generate_ticks
     from riskcore.io import write_tables
     tables = generate(accounts, positions, 8, seed=3)
     book = tmp_path / "book"
     write_tables(tables, book)
-    generate_ticks(tables, ticks, seed=3).write_parquet(tmp_path / "ticks.parquet")
+    generate_ticks(tables, ticks, seed=3, jump_rate_factor=100.0).write_parquet(tmp_path / "ticks.parquet")
     return book, tmp_path / "ticks.parquet"
 
 
