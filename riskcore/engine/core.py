@@ -30,6 +30,7 @@ from .ticks import check_tick, symbol_ids
 RESYNC_EVERY = 10_000  # ticks between exact recomputations of the running sums
 FULL_SCAN_SHARE = 0.3  # a tick touching more of the book than this is screened (screen.py), not run row by row
 SCREEN_SHARE = 0.02    # ... unless the screen leaves more of the wallets than this: then an exact full scan
+SCREEN_RETRY = 10      # big ticks after a screen that left too many before the screen is tried again
 
 
 class Engine:
@@ -71,6 +72,7 @@ class Engine:
         self.state = TickState(book, self.mark)
         self.out = self.state.out
         self.screen = Screen(book)
+        self._screen_wait = 0  # big ticks left before the screen is tried again (its keys kept meanwhile: none)
         self._stale = np.zeros(len(book.wallets), dtype=bool)  # figures older than the marks: see refresh()
         if _resume is None:  # (a snapshot was taken after an exact pass: its flags are reported)
             # what is liquidatable at load is reported once, with no timestamp
@@ -102,8 +104,9 @@ class Engine:
         self.ticks += 1
         if self.ticks % self.resync_every == 0:
             self._exact_pass()
-        elif self.state.n_rows(sym) > FULL_SCAN_SHARE * len(self.book.positions):
-            if not self._screened_pass():  # most of the book moved
+        elif self.state.n_rows(sym) > FULL_SCAN_SHARE * len(self.book.positions):  # most of the book moved
+            if self._screen_wait or not self._screened_pass():
+                self._screen_wait = max(self._screen_wait - 1, 0)
                 self._exact_pass()
         else:
             self._small_tick(sym)
@@ -138,7 +141,8 @@ class Engine:
         left as they were, stale (their flags provably unchanged; refresh() brings their
         figures up to date). False, changing nothing, when the screen leaves too many."""
         wallets = self.screen.candidates(self.mark, self.out, int(SCREEN_SHARE * len(self.book.wallets)))
-        if wallets is None:
+        if wallets is None:  # the market moves too much for it: full scans, without keys, for a while
+            self._screen_wait = SCREEN_RETRY + 1
             return False
         self._stale[:] = True
         self._recheck(wallets)
@@ -188,7 +192,8 @@ class Engine:
         self._report_positions(iso, old_iso)
         if self.execute:
             self._liquidate(wallets)
-        self.screen.rebase(self.mark, self.out)  # the closes' wallets were recomputed at these marks too
+        if not self._screen_wait:  # the closes' wallets were recomputed at these marks too
+            self.screen.rebase(self.mark, self.out)
 
     # -- durability ----------------------------------------------------------------------
     def snapshot(self, folder, replay: dict | None = None) -> None:
@@ -196,6 +201,7 @@ class Engine:
         (durable.write_snapshot). It first makes an exact pass (as the periodic resync does),
         so the figures a restore recomputes are this engine's own, bit for bit. `replay`: what
         a resumable replay records beside it (where it stands in its tick file)."""
+        self._screen_wait = 0  # a restored engine starts with the screen's keys of this pass: so does this one
         self._exact_pass()
         durable.write_snapshot(self, folder, replay)
 
