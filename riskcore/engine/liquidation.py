@@ -177,6 +177,7 @@ def adl_figures(book: Book, mark: np.ndarray, state) -> tuple[np.ndarray, np.nda
 
 @njit(**JIT_EXACT)
 def _queue_quantiles(queue, lo, hi, queue_rank, quantile, rank):
+    """Each queued position's quantile from its place in its queue, and its rank."""
     for s in range(lo.shape[0]):
         for side in range(2):
             n = hi[s, side] - lo[s, side]
