@@ -3,6 +3,7 @@
 - core.py: `Engine`, the orchestration of ticks → state → liquidation rounds → events;
 - ticks.py: `TickError`, one tick's checks, `load_ticks` (a whole tick table);
 - state.py: `TickState`, the incremental figures (symbol-major mirror, per-wallet running sums);
+- screen.py: `Screen`, which wallets a tick moving most of the book can change;
 - events.py: `EventLog`, the event log as growable columns, and the events table;
 - liquidation.py: forced close, fee, insurance fund, bankruptcy price and ADL, a round of
   closes at a time (`run_round`: a compiled pass, with a general planner in Python integers
