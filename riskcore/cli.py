@@ -17,7 +17,7 @@ _SCAN = _LOAD + ("kernels.scan_pass",)
 _MOVES = ("money._run_sums",)  # Book.apply_moves
 _AMOUNTS = ("money.decimal_places", "money.amounts_kernel")  # exact settlement and close amounts
 _TICKS = _SCAN + _MOVES + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values",
-                                      "engine.state.symbol_major", "engine.state._take", "engine.liquidation._run_closes")
+                                      "engine.state.symbol_major", "engine.state._take", "engine.screen._keys")
 KERNELS_OF = {"scan": _SCAN, "report": _TICKS, "apply": _SCAN + _MOVES + ("ops.apply_kernel",), "replay": _TICKS,
               "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _MOVES + _AMOUNTS}
 
