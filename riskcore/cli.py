@@ -16,8 +16,7 @@ _LOAD = ("book._wallet_ids", "book._mixed_groups", "book._derive", "money._fixed
 _SCAN = _LOAD + ("kernels.scan_pass",)
 _MOVES = ("money._run_sums",)  # Book.apply_moves
 _AMOUNTS = ("money.decimal_places", "money.amounts_kernel")  # exact settlement and close amounts
-_TICKS = _SCAN + _MOVES + _AMOUNTS + ("kernels.tick_positions", "kernels.tick_accounts", "kernels.position_values",
-                                      "engine.state.symbol_major", "engine.state._take", "engine.screen._keys")
+_TICKS = _SCAN + ("engine.state.symbol_major", "engine.state._take", "engine.screen._keys")  # every engine start
 KERNELS_OF = {"scan": _SCAN, "report": _TICKS, "apply": _SCAN + _MOVES + ("ops.apply_kernel",), "replay": _TICKS,
               "demo": _TICKS, "bench": _TICKS + ("ops.apply_kernel",), "settle": _LOAD + _MOVES + _AMOUNTS}
 

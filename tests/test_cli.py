@@ -182,13 +182,13 @@ def test_compiled_cache_survives_a_thread_count_change(book_dir):
 
 def test_first_run_compilation_is_announced_for_the_kernels_a_command_runs(book_dir, monkeypatch, capsys):
     from riskcore import cli, config
-    from riskcore.kernels import tick_positions
+    from riskcore.engine.state import symbol_major
     assert main(["scan", str(book_dir)]) == 0  # the scan kernels are compiled and cached now
     capsys.readouterr()
-    code = tick_positions.py_func.__code__
-    monkeypatch.setattr(tick_positions, "py_func", type("F", (), {"__code__": code.replace(co_firstlineno=1)})())
+    code = symbol_major.py_func.__code__
+    monkeypatch.setattr(symbol_major, "py_func", type("F", (), {"__code__": code.replace(co_firstlineno=1)})())
     for command, announced in (("replay", True), ("demo", True), ("scan", False), ("settle", False), ("gen", False)):
-        cli._cold_cache_notice(command)  # as if tick_positions had never been compiled and cached
+        cli._cold_cache_notice(command)  # as if the engine's symbol_major had never been compiled and cached
         assert ("compiling kernels for " + command in capsys.readouterr().err) == announced, command
     monkeypatch.setattr(config, "CACHE", False)
     cli._cold_cache_notice("apply")
