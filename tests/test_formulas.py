@@ -2,6 +2,8 @@
 Book.output_scale), tested alone against their plain definitions in docs/model.md, and the
 trigger at its boundary through the scan and margin operations alike."""
 
+from decimal import Decimal
+
 import numpy as np
 import polars as pl
 import pytest
@@ -183,3 +185,29 @@ def test_output_scale_is_the_largest_asset_scale():
                                           "margin_mode": ["cross"], "leverage": [1.0]}))
     assert rc.Book.from_tables(**tables, money_scale={"USDT": 6, "BTC": 10}).output_scale == 10
     assert rc.Book.from_tables(**tables, money_scale={"USDT": 2, "BTC": 4}).output_scale == 4
+
+
+def _isolated_book(entry, mark, mmr, isolated_margin):
+    """One isolated long 1 @ entry, no fee, one tier at mmr, marked at mark."""
+    return rc.Book.from_tables(
+        instruments=pl.DataFrame({"symbol": ["X"], "contract_type": ["linear"], "face_value": [1.0],
+                                  "taker_fee_rate": [0.0]}),
+        risk_tiers=pl.DataFrame({"symbol": ["X"], "notional_floor": [0.0], "mmr": [mmr], "max_leverage": [1.0]}),
+        accounts=pl.DataFrame({"account_id": [1], "balance": [1000.0]}),
+        positions=pl.DataFrame({"account_id": [1], "symbol": ["X"], "qty": [1.0], "entry_price": [entry],
+                                "margin_mode": ["isolated"], "leverage": [1.0], "isolated_margin": [isolated_margin]}),
+        marks=pl.DataFrame({"symbol": ["X"], "mark_price": [mark]}))
+
+
+def test_issue_example_at_the_boundary_liquidates():
+    # issue 13's example: long 1 @ 100, margin 24, mmr 5 %, mark 80: margin balance 4 = mm 4
+    assert rc.scan(_isolated_book(100.0, 80.0, 0.05, 24.0)).positions["liquidate"][0]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: decisions are taken in binary floats; "
+                   "no exact decimal fallback at the boundary yet")
+@pytest.mark.parametrize("entry, mark, mmr, margin", [(0.3, 0.2, 0.1, 0.12), (0.7, 0.2, 0.3, 0.56)])
+def test_decimal_boundary_liquidates(entry, mark, mmr, margin):
+    # in decimal: margin + (mark − entry) = mark·mmr exactly, so the position liquidates
+    assert Decimal(str(margin)) + Decimal(str(mark)) - Decimal(str(entry)) == Decimal(str(mark)) * Decimal(str(mmr))
+    assert rc.scan(_isolated_book(entry, mark, mmr, margin)).positions["liquidate"][0]
