@@ -118,12 +118,13 @@ class Engine:
         sums hold older marks) is recomputed exactly instead. Events in the order a tick of
         fresh wallets gives them."""
         state, pos, a, p = self.state, self.book.positions, self.out.accounts, self.out.positions
-        touched = state.wallets_of_symbols(sym)
-        stale = touched[self._stale[touched]]
-        rows = state.wallet_rows(stale)
-        iso = rows[pos.isolated[rows]]
-        old_acct, old_iso = a["liquidate"][stale].copy(), p["liquidate"][iso].copy()
-        wallets, became_wallets, became_rows = state.tick(sym, self.mark)
+        wallets = state.wallets_of_symbols(sym)
+        stale = wallets[self._stale[wallets]]
+        if len(stale):
+            rows = state.wallet_rows(stale)
+            iso = rows[pos.isolated[rows]]
+            old_acct, old_iso = a["liquidate"][stale].copy(), p["liquidate"][iso].copy()
+        became_wallets, became_rows = state.tick(sym, self.mark, wallets)
         if len(stale):
             self._resync(stale)
             became_wallets = np.union1d(became_wallets[~self._stale[became_wallets]],

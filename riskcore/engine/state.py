@@ -87,14 +87,13 @@ class TickState:
         return ranges(pos_start[wallets], pos_start[wallets + 1])
 
     # -- ticks ---------------------------------------------------------------------------
-    def tick(self, sym: np.ndarray, mark: np.ndarray):
+    def tick(self, sym: np.ndarray, mark: np.ndarray, wallets: np.ndarray):
         """A small tick of sorted symbols `sym` (marks already in `mark`): their rows' new
         figures replace the old in their wallets' sums (remove old, add new), and those
-        wallets are re-derived. Returns (wallets, the wallets that became liquidatable, the
-        book rows that did, symbol by symbol)."""
+        wallets (wallets_of_symbols(sym)) are re-derived. Returns (the wallets that became
+        liquidatable, the book rows that did, symbol by symbol)."""
         self.refresh(sym[self.stale[sym]])
         starts, ends = self.row_start[sym], self.row_start[sym + 1]
-        wallets = self.wallets_of_symbols(sym)
         tick_positions(starts, ends, self.k_rows, self.k_run, self.k_inst, Marks(mark, *self.book.face_mark(mark)),
                        self.w_state, self.sym_rows, self.out.positions["liquidate"], self.became)
         became = self.became_wallets[:len(wallets)]
@@ -103,7 +102,7 @@ class TickState:
             rows = starts[0] + np.flatnonzero(self.became[starts[0]:ends[0]])
         else:
             rows = np.concatenate([a + np.flatnonzero(self.became[a:b]) for a, b in zip(starts, ends)])
-        return wallets, wallets[became], self.sym_rows[rows]
+        return wallets[became], self.sym_rows[rows]
 
     def full_scan(self, mark: np.ndarray) -> None:
         """An exact parallel scan of the whole book in book order (the running sums recomputed);
