@@ -20,7 +20,7 @@ import polars as pl
 
 from .book import Book
 from .io import as_book, as_table
-from .stress import StressResult, asset_prices, open_interest, quote_asset, stress
+from .stress import StressResult, asset_prices, open_interest, stress
 
 MAP_SYMBOLS = 6          # liquidation maps drawn per symbol (largest open interest first)
 HEATMAP_SYMBOLS = 20     # rows of the liquidation heatmap

@@ -143,7 +143,7 @@ def stress(book, marks=None, *, insurance_fund=None, ladder: list[Scenario] | No
     the book's marks; `insurance_fund` (asset, balance; default empty) is where every
     scenario starts. `ladder` overrides the ladder (a list of Scenario); `progress` is
     called with each scenario's name before it runs."""
-    from .engine import ADL_CLOSE, LIQUIDATION_CLOSE, Engine
+    from .engine import Engine
     book = as_book(book)
     marks, marks_name = as_table(marks, "marks")
     base = book.mark if marks is None else book.read_marks(marks, marks_name)[0]

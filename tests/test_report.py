@@ -14,7 +14,7 @@ import pytest
 import riskcore as rc
 from riskcore.cli import main
 from riskcore.gen import generate
-from riskcore.report import build_report, scenarios_path, write_report
+from riskcore.report import scenarios_path, write_report
 from riskcore.stress import SCENARIO_COLUMNS, Scenario, scenarios, stress
 
 

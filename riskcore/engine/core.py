@@ -17,7 +17,7 @@ import polars as pl
 
 from ..book import SIDES, Book
 from ..io import as_book, as_table
-from ..errors import BookError, MoneyOverflowError
+from ..errors import BookError
 from ..kernels import margin_balance, risk_ratios
 from ..money import to_units, units_to_decimal
 from ..tables import as_frame, codes, require, str_col
